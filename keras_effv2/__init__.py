@@ -1,0 +1,39 @@
+"""keras_effv2: EfficientNetV2 (B0-XL) for Keras 3 on TensorFlow, JAX and PyTorch.
+
+Example:
+    >>> import keras_effv2
+    >>> model = keras_effv2.EfficientNetV2B0(weights=None)
+"""
+
+from keras_effv2.applications import (
+    EfficientNetV2,
+    EfficientNetV2B0,
+    EfficientNetV2B1,
+    EfficientNetV2B2,
+    EfficientNetV2B3,
+    EfficientNetV2L,
+    EfficientNetV2M,
+    EfficientNetV2S,
+    EfficientNetV2XL,
+)
+from keras_effv2.configs import VARIANTS, VariantSpec, get_variant
+from keras_effv2.preprocessing import PreprocessingSpec, preprocess_input
+from keras_effv2.version import __version__
+
+__all__ = [
+    "VARIANTS",
+    "EfficientNetV2",
+    "EfficientNetV2B0",
+    "EfficientNetV2B1",
+    "EfficientNetV2B2",
+    "EfficientNetV2B3",
+    "EfficientNetV2L",
+    "EfficientNetV2M",
+    "EfficientNetV2S",
+    "EfficientNetV2XL",
+    "PreprocessingSpec",
+    "VariantSpec",
+    "__version__",
+    "get_variant",
+    "preprocess_input",
+]

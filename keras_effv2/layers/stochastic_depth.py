@@ -1,0 +1,54 @@
+"""Stochastic depth (drop path) for residual branches.
+
+Example:
+    >>> import numpy as np
+    >>> from keras_effv2.layers import DropPath
+    >>> layer = DropPath(0.2, seed=1)
+    >>> x = np.ones((4, 8, 8, 16), "float32")
+    >>> bool((layer(x, training=False) == x).all())
+    True
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_effv2")
+class DropPath(keras.layers.Layer):
+    """Drops a whole residual branch per sample with probability ``rate``.
+
+    At training time each sample's branch is zeroed with probability ``rate`` and the
+    survivors are scaled by ``1 / (1 - rate)``, so the expectation is unchanged; at
+    inference it is the identity. Randomness comes from a ``keras.random.SeedGenerator``,
+    so it is correct under JAX's functional tracing too.
+
+    Args:
+        rate: float in ``[0, 1)``, the probability of dropping the branch.
+        seed: optional int seed for reproducibility.
+    """
+
+    def __init__(self, rate: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= float(rate) < 1.0:
+            raise ValueError(f"DropPath rate must be in [0, 1), got {rate!r}.")
+        self.rate = float(rate)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_masking = True
+
+    def call(self, inputs, training=None):
+        if not training or self.rate == 0.0:
+            return inputs
+        keep = 1.0 - self.rate
+        shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
+        noise = keras.random.uniform(shape, dtype=inputs.dtype, seed=self.seed_generator)
+        mask = ops.floor(noise + ops.cast(keep, inputs.dtype))
+        return inputs * (mask / ops.cast(keep, inputs.dtype))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}

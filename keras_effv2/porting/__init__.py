@@ -1,0 +1,16 @@
+"""Weight porting: source-checkpoint key maps and strict assignment (pure NumPy, no torch)."""
+
+from keras_effv2.porting.assign import (
+    PortingError,
+    assign_weights,
+    model_weight_keys,
+)
+from keras_effv2.porting.key_map import TensorMapping, timm_mapping
+
+__all__ = [
+    "PortingError",
+    "TensorMapping",
+    "assign_weights",
+    "model_weight_keys",
+    "timm_mapping",
+]
