@@ -46,7 +46,7 @@ def _input_shape(input_shape, data_format: str):
 
 def _model_inputs(input_tensor, input_shape):
     if input_tensor is None:
-        return keras.Input(shape=input_shape), None
+        return keras.Input(shape=input_shape, name="input"), None
     if keras.backend.is_keras_tensor(input_tensor):
         return input_tensor, input_tensor
     tensor = keras.Input(tensor=input_tensor, shape=input_shape)

@@ -156,9 +156,10 @@ class _InvertedBottleneck(keras.layers.Layer):
     def build(self, input_shape):
         shape = tuple(input_shape)
         for layer in self._sublayers_in_order:
-            layer.build(shape)
+            if not layer.built:
+                layer.build(shape)
             shape = layer.compute_output_shape(shape)
-        if self.drop_path is not None:
+        if self.drop_path is not None and not self.drop_path.built:
             self.drop_path.build(shape)
 
     def _residual(self, inputs, x, training):
