@@ -79,6 +79,7 @@ def fetch_source(spec: WeightsSpec) -> str:
 
     ext = "tgz" if spec.source_format == "automl-tgz" else "safetensors"
     origin = source_origin(spec.url)
+    os.makedirs(os.path.join(cache_dir(), "downloads"), exist_ok=True)  # else Keras uses /tmp
     try:
         return keras.utils.get_file(
             fname=f"{spec.key}.{ext}", origin=origin, file_hash=spec.sha256,
