@@ -24,7 +24,7 @@ _DATA = os.path.join(os.path.dirname(__file__), "data")
 CLASS_FILES = {1000: "imagenet1k_classes.tsv", 21843: "imagenet21k_classes.tsv.gz"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def class_names(num_classes: int) -> tuple[tuple[str, str], ...]:
     """``((wnid, name), ...)`` for a 1000- or 21843-class head."""
     if num_classes not in CLASS_FILES:

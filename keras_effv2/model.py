@@ -18,8 +18,8 @@ import keras
 from keras_effv2.configs import VariantSpec, get_variant, resolve_blocks
 from keras_effv2.layers import FusedMBConv, InputNormalization, MBConv
 from keras_effv2.layers.blocks import CONV_KERNEL_INITIALIZER
-from keras_effv2.pretrained import load_pretrained
 from keras_effv2.preprocessing import DEFAULT_PREPROCESSING, PreprocessingSpec
+from keras_effv2.pretrained import load_pretrained
 from keras_effv2.weights import get_weights_spec, is_weights_tag
 
 logger = logging.getLogger("keras_effv2")
@@ -38,7 +38,9 @@ def _input_shape(input_shape, data_format: str):
         return (None, None, 3) if data_format == "channels_last" else (3, None, None)
     input_shape = tuple(input_shape)
     if len(input_shape) != 3:
-        raise ValueError(f"input_shape must have 3 entries (H, W, C or C, H, W), got {input_shape}.")
+        raise ValueError(
+            f"input_shape must have 3 entries (H, W, C or C, H, W), got {input_shape}."
+        )
     spatial = input_shape[:2] if data_format == "channels_last" else input_shape[1:]
     for d in spatial:
         if d is not None and d < MIN_INPUT_SIZE:

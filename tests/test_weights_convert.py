@@ -91,7 +91,7 @@ def test_two_sources_give_identical_weights(files, tmp_path):
     a = convert_checkpoint("b0", "timm", files["safetensors"], tmp_path / "a.weights.h5")
     b = convert_checkpoint("b0", "automl", files["automl"], tmp_path / "b.weights.h5")
     c = convert_checkpoint("b0", "keras-applications", files["kapp"], tmp_path / "c.weights.h5")
-    for wa, wb, wc in zip(a.weights, b.weights, c.weights):
+    for wa, wb, wc in zip(a.weights, b.weights, c.weights, strict=True):
         np.testing.assert_array_equal(to_numpy(wa), to_numpy(wb))
         np.testing.assert_array_equal(to_numpy(wa), to_numpy(wc))
 

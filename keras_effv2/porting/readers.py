@@ -139,7 +139,8 @@ def read_legacy_h5(path) -> dict[str, np.ndarray]:
     except OSError as e:
         raise CheckpointError(f"Cannot open {path!r} as HDF5: {e}") from e
     with f:
-        group = f["model_weights"] if not _has_attr(f, "layer_names") and "model_weights" in f else f
+        full_model = not _has_attr(f, "layer_names") and "model_weights" in f
+        group = f["model_weights"] if full_model else f
         if not _has_attr(group, "layer_names"):
             raise CheckpointError(
                 f"{path!r} is not a legacy Keras .h5 weights file (no 'layer_names'); "
