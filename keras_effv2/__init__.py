@@ -17,8 +17,10 @@ from keras_effv2.applications import (
     EfficientNetV2XL,
 )
 from keras_effv2.configs import VARIANTS, VariantSpec, get_variant
+from keras_effv2.labels import decode_predictions
 from keras_effv2.preprocessing import PreprocessingSpec, preprocess_input
 from keras_effv2.version import __version__
+from keras_effv2.weights import WEIGHTS, WeightsSpec, get_weights_spec, list_weights
 
 __all__ = [
     "VARIANTS",
@@ -33,6 +35,11 @@ __all__ = [
     "EfficientNetV2XL",
     "PreprocessingSpec",
     "VariantSpec",
+    "WEIGHTS",
+    "WeightsSpec",
+    "decode_predictions",
+    "get_weights_spec",
+    "list_weights",
     "__version__",
     "get_variant",
     "preprocess_input",

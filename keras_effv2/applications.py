@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from keras_effv2.configs import VARIANTS
 from keras_effv2.model import build_efficientnetv2
+from keras_effv2.weights import list_weights
 
 BASE_DOCSTRING = """Instantiates the EfficientNetV2-{upper} architecture (Tan & Le, ICML 2021).
 
@@ -22,16 +23,20 @@ With ``include_preprocessing=True`` it takes RGB in ``[0, 255]``.
 
 Args:
     include_top: whether to include the pooling, dropout and classifier. Default True.
-    weights: ``None`` (random initialisation) or a path to a ``.weights.h5`` file.
+    weights: ``None`` (random initialisation), a registered tag ({tags}) or a path to
+        a ``.weights.h5`` file. Tags download and convert once into the Keras cache.
     input_tensor: optional Keras tensor to use as the model's input.
     input_shape: optional shape tuple; default ``(None, None, 3)`` (any size >= 32), or
         ``(3, None, None)`` with ``channels_first``.
     pooling: with ``include_top=False``: ``None`` (4D feature map), ``"avg"`` or ``"max"``.
-    classes: number of classes with ``include_top=True``. Default 1000.
+    classes: number of classes with ``include_top=True``. Default: the weight set's
+        (21843 for ``"imagenet21k"``), else 1000; another value keeps the pretrained
+        backbone with a fresh head.
     classifier_activation: activation of the top layer (``None`` returns logits). Default
         ``"softmax"``.
-    include_preprocessing: ``True`` normalises inside the model as the ImageNet weights
-        expect, ``False`` skips it, a ``PreprocessingSpec`` chooses another. Default True.
+    include_preprocessing: ``True`` normalises inside the model as the loaded weight set
+        expects (input RGB in ``[0, 255]``), ``False`` skips it, a ``PreprocessingSpec``
+        chooses another. Default True.
     name: model name. Default ``"efficientnetv2_{lower}"``.
     dropout_rate: keyword-only; dropout before the classifier. Default {dropout}.
     drop_path_rate: keyword-only; stochastic depth of the last block, ramped linearly from
@@ -57,7 +62,7 @@ def _make_constructor(variant: str):
         input_tensor=None,
         input_shape=None,
         pooling=None,
-        classes=1000,
+        classes=None,
         classifier_activation="softmax",
         include_preprocessing=True,
         name=None,
@@ -89,6 +94,7 @@ def _make_constructor(variant: str):
     constructor.__doc__ = BASE_DOCSTRING.format(
         upper=upper, lower=variant, params=spec.params_total, trainable=spec.params_trainable,
         train_size=spec.train_size, eval_size=spec.eval_size, dropout=spec.dropout_rate,
+        tags=", ".join(f'``"{w["alias"]}"``' for w in list_weights(variant)),
     )
     return constructor
 

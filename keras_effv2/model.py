@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 
 import keras
@@ -18,6 +19,10 @@ from keras_effv2.configs import VariantSpec, get_variant, resolve_blocks
 from keras_effv2.layers import FusedMBConv, InputNormalization, MBConv
 from keras_effv2.layers.blocks import CONV_KERNEL_INITIALIZER
 from keras_effv2.preprocessing import DEFAULT_PREPROCESSING, PreprocessingSpec
+from keras_effv2.pretrained import load_pretrained
+from keras_effv2.weights import get_weights_spec, is_weights_tag
+
+logger = logging.getLogger("keras_effv2")
 
 # U(+-1/sqrt(classes)), bias 0: automl/timm's classifier init.
 DENSE_KERNEL_INITIALIZER = {
@@ -33,7 +38,9 @@ def _input_shape(input_shape, data_format: str):
         return (None, None, 3) if data_format == "channels_last" else (3, None, None)
     input_shape = tuple(input_shape)
     if len(input_shape) != 3:
-        raise ValueError(f"input_shape must have 3 entries (H, W, C or C, H, W), got {input_shape}.")
+        raise ValueError(
+            f"input_shape must have 3 entries (H, W, C or C, H, W), got {input_shape}."
+        )
     spatial = input_shape[:2] if data_format == "channels_last" else input_shape[1:]
     for d in spatial:
         if d is not None and d < MIN_INPUT_SIZE:
@@ -53,8 +60,17 @@ def _model_inputs(input_tensor, input_shape):
     return tensor, tensor
 
 
-def _resolve_preprocessing(include_preprocessing, variant: VariantSpec):
+def _is_path(weights) -> bool:
+    if is_weights_tag(weights):
+        return False
+    w = os.fspath(weights)
+    return w.endswith(".h5") or os.sep in w or os.path.exists(w)
+
+
+def _resolve_preprocessing(include_preprocessing, variant: VariantSpec, weights_spec=None):
     if include_preprocessing is True:
+        if weights_spec is not None:
+            return weights_spec.preprocessing
         return DEFAULT_PREPROCESSING[variant.name]
     if include_preprocessing in (False, None):
         return None
@@ -73,7 +89,7 @@ def build_efficientnetv2(
     input_tensor=None,
     input_shape=None,
     pooling: str | None = None,
-    classes: int = 1000,
+    classes: int | None = None,
     classifier_activation="softmax",
     include_preprocessing=True,
     name: str | None = None,
@@ -88,15 +104,22 @@ def build_efficientnetv2(
     Args:
         variant: a ``VariantSpec`` or a name (``"b0"`` ... ``"xl"``).
         include_top: whether to add pooling, dropout and the classifier.
-        weights: ``None`` (random init) or a path to a ``.weights.h5`` file.
+        weights: ``None`` (random init), a registered tag (``"imagenet"``,
+            ``"imagenet21k"``, ``"imagenet21k-ft1k"`` or timm's ``"in1k"``...; see
+            ``keras_effv2.list_weights()``) or a path to a ``.weights.h5`` file. Tags are
+            downloaded and converted once into the Keras cache (``KERAS_HOME``);
+            ``KERAS_EFFV2_WEIGHTS_MIRROR`` points at an offline mirror.
         input_tensor: optional Keras tensor (or backend tensor) to use as input.
         input_shape: ``(H, W, 3)`` (channels_last) or ``(3, H, W)``; ``None`` entries allow
             any size >= 32. Defaults to ``(None, None, 3)``.
         pooling: with ``include_top=False``: ``None`` (4D map), ``"avg"`` or ``"max"``.
-        classes: classifier width with ``include_top=True``.
+        classes: classifier width with ``include_top=True``. Defaults to the weight set's
+            (21843 for ``"imagenet21k"``), else 1000. A different value keeps the pretrained
+            backbone and starts a fresh head.
         classifier_activation: activation of the classifier, ``None`` for logits.
         include_preprocessing: ``True`` to normalise ``[0, 255]`` RGB in the model as the
-            variant's ImageNet weights expect, ``False`` for none, or a ``PreprocessingSpec``.
+            loaded weight set expects (the variant's ImageNet set without a tag), ``False``
+            for none, or a ``PreprocessingSpec``.
         name: model name; defaults to ``efficientnetv2_<variant>``.
         dropout_rate: dropout before the classifier; defaults to the variant's (automl).
         drop_path_rate: stochastic depth of the last block (linear ramp); default 0.2.
@@ -107,16 +130,24 @@ def build_efficientnetv2(
     channel_axis = -1 if data_format == "channels_last" else 1
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max'; got {pooling!r}.")
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(
+            f"weights must be None, a registered tag or a path to a .weights.h5 file; "
+            f"got {weights!r}."
+        )
+    weights_spec = None
+    if weights is not None and not _is_path(weights):
+        weights_spec = get_weights_spec(spec, os.fspath(weights))
+    if classes is None:
+        classes = weights_spec.num_classes if weights_spec is not None else 1000
     if include_top and (not isinstance(classes, int) or classes < 1):
         raise ValueError(f"classes must be a positive int with include_top=True; got {classes!r}.")
-    if weights is not None and not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(f"weights must be None or a path to a .weights.h5 file; got {weights!r}.")
     dropout_rate = spec.dropout_rate if dropout_rate is None else float(dropout_rate)
     if not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"dropout_rate must be in [0, 1); got {dropout_rate}.")
     if drop_path_rate is not None and not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"drop_path_rate must be in [0, 1); got {drop_path_rate}.")
-    preprocessing = _resolve_preprocessing(include_preprocessing, spec)
+    preprocessing = _resolve_preprocessing(include_preprocessing, spec, weights_spec)
 
     inputs, source = _model_inputs(input_tensor, _input_shape(input_shape, data_format))
     x = inputs
@@ -169,7 +200,16 @@ def build_efficientnetv2(
 
     model_inputs = keras.utils.get_source_inputs(source) if source is not None else inputs
     model = keras.Model(model_inputs, x, name=name or spec.model_name)
-    if weights is not None:
+    if weights_spec is not None:
+        load_head = include_top and classes == weights_spec.num_classes
+        if include_top and not load_head:
+            logger.warning(
+                "keras_effv2: weights %r have %d classes but classes=%d: the backbone is "
+                "pretrained, the %d-class head is freshly initialised.",
+                weights_spec.key, weights_spec.num_classes, classes, classes,
+            )
+        load_pretrained(model, weights_spec, load_head=load_head)
+    elif weights is not None:
         load_weights_file(model, weights)
     return model
 

@@ -56,7 +56,29 @@ DEFAULT_PREPROCESSING: dict[str, PreprocessingSpec] = {
 }
 
 
-def preprocess_input(images, spec: PreprocessingSpec):
-    """Normalise ``[0, 255]`` channels-last images as ``spec`` says (for models built with
-    ``include_preprocessing=False``)."""
+def preprocess_input(images, spec: PreprocessingSpec | None = None, *, weights=None):
+    """Normalise ``[0, 255]`` channels-last images for a model built with
+    ``include_preprocessing=False``.
+
+    Args:
+        images: RGB in ``[0, 255]``, channels last.
+        spec: a :class:`PreprocessingSpec`, or
+        weights: the weight set instead: a ``WeightsSpec`` or a registry key such as
+            ``"s.in21k_ft_in1k"`` or ``"b0.imagenet"``.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.full((1, 2, 2, 3), 255.0, "float32")
+        >>> float(preprocess_input(x, weights="b0.imagenet21k")[0, 0, 0, 0])
+        1.0
+    """
+    if (spec is None) == (weights is None):
+        raise ValueError("Pass exactly one of spec= or weights=.")
+    if weights is not None:
+        from keras_effv2.weights import WeightsSpec, get_weights_spec
+
+        if not isinstance(weights, WeightsSpec):
+            variant, _, tag = str(weights).partition(".")
+            weights = get_weights_spec(variant, tag)
+        spec = weights.preprocessing
     return spec.normalize(images)

@@ -5,12 +5,19 @@ from keras_effv2.porting.assign import (
     assign_weights,
     model_weight_keys,
 )
-from keras_effv2.porting.key_map import TensorMapping, timm_mapping
+from keras_effv2.porting.key_map import (
+    TensorMapping,
+    automl_mapping,
+    keras_applications_mapping,
+    timm_mapping,
+)
 
 __all__ = [
     "PortingError",
     "TensorMapping",
     "assign_weights",
+    "automl_mapping",
+    "keras_applications_mapping",
     "model_weight_keys",
     "timm_mapping",
 ]

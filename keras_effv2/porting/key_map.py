@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -121,4 +121,137 @@ def timm_mapping(variant, include_top: bool = True) -> dict[str, TensorMapping]:
     mapping.update(_torch_layers(_TIMM_HEAD, "", ""))
     if include_top:
         mapping.update(_torch_layers(_TIMM_TOP, "", ""))
+    return mapping
+
+
+# --- google/automl TF checkpoints (architecture.md §3.3) -------------------------------------
+# TF layouts equal Keras layouts: every transform is the identity. Per block type:
+# (our sublayer, automl variable scope inside ``blocks_{g}``, kind).
+_TF_VARIABLES: dict[str, tuple[str, ...]] = {
+    "conv": ("kernel",),
+    "conv_bias": ("kernel", "bias"),
+    "depthwise": ("depthwise_kernel",),
+    "bn": ("gamma", "beta", "moving_mean", "moving_variance"),
+    "dense": ("kernel", "bias"),
+}
+_AUTOML_BLOCK_LAYERS = {
+    ("fused", False): (
+        ("project_conv", "conv2d", "conv"),
+        ("project_bn", "tpu_batch_normalization", "bn"),
+    ),
+    ("fused", True): (
+        ("expand_conv", "conv2d", "conv"),
+        ("expand_bn", "tpu_batch_normalization", "bn"),
+        ("project_conv", "conv2d_1", "conv"),
+        ("project_bn", "tpu_batch_normalization_1", "bn"),
+    ),
+    ("mbconv", True): (
+        ("expand_conv", "conv2d", "conv"),
+        ("expand_bn", "tpu_batch_normalization", "bn"),
+        ("dw_conv", "depthwise_conv2d", "depthwise"),
+        ("dw_bn", "tpu_batch_normalization_1", "bn"),
+        ("se/conv_reduce", "se/conv2d", "conv_bias"),
+        ("se/conv_expand", "se/conv2d_1", "conv_bias"),
+        ("project_conv", "conv2d_1", "conv"),
+        ("project_bn", "tpu_batch_normalization_2", "bn"),
+    ),
+}
+_AUTOML_STEM = (("stem_conv", "stem/conv2d", "conv"),
+                ("stem_bn", "stem/tpu_batch_normalization", "bn"))
+_AUTOML_HEAD = (("head_conv", "head/conv2d", "conv"),
+                ("head_bn", "head/tpu_batch_normalization", "bn"))
+_AUTOML_TOP = (("predictions", "head/dense", "dense"),)
+
+
+def _tf_layers(layers, our_prefix: str, source_prefix: str) -> dict[str, TensorMapping]:
+    out = {}
+    for ours, theirs, kind in layers:
+        for var in _TF_VARIABLES[kind]:
+            ours_var = "kernel" if var == "depthwise_kernel" else var
+            out[f"{our_prefix}{ours}/{ours_var}"] = TensorMapping(f"{source_prefix}{theirs}/{var}")
+    return out
+
+
+def automl_model_name(variant) -> str:
+    """The variable-scope prefix automl uses, e.g. ``efficientnetv2-s``."""
+    return f"efficientnetv2-{get_variant(variant).name}"
+
+
+def automl_mapping(
+    variant, include_top: bool = True, prefix: str | None = None
+) -> dict[str, TensorMapping]:
+    """Our weight key -> google/automl checkpoint variable (non-EMA name).
+
+    Blocks are numbered globally (``{prefix}/blocks_{g}/...``). Readers resolve the
+    ``/ExponentialMovingAverage`` shadows to these names, so the map never mentions them.
+
+    Example:
+        >>> automl_mapping("b0")["s3_b00/dw_conv/kernel"].source
+        'efficientnetv2-b0/blocks_5/depthwise_conv2d/depthwise_kernel'
+    """
+    spec = get_variant(variant)
+    p = (prefix or automl_model_name(spec)) + "/"
+    mapping = _tf_layers(_AUTOML_STEM, "", p)
+    for block in resolve_blocks(spec):
+        layers = _AUTOML_BLOCK_LAYERS[(block.block, block.expand_ratio != 1)]
+        mapping.update(_tf_layers(layers, f"{block.name}/", f"{p}blocks_{block.global_index}/"))
+    mapping.update(_tf_layers(_AUTOML_HEAD, "", p))
+    if include_top:
+        mapping.update(_tf_layers(_AUTOML_TOP, "", p))
+    return mapping
+
+
+# --- keras.applications (legacy .h5 weights; architecture.md §3.2) --------------------------
+# Keys are ``<layer>/<variable>`` as :func:`keras_effv2.porting.readers.read_legacy_h5` returns
+# them (``:0`` stripped, tf.keras's ``depthwise_kernel`` renamed ``kernel``).
+_KAPP_BLOCK_LAYERS = {
+    ("fused", False): (("project_conv", "project_conv", "conv"),
+                       ("project_bn", "project_bn", "bn")),
+    ("fused", True): (
+        ("expand_conv", "expand_conv", "conv"),
+        ("expand_bn", "expand_bn", "bn"),
+        ("project_conv", "project_conv", "conv"),
+        ("project_bn", "project_bn", "bn"),
+    ),
+    ("mbconv", True): (
+        ("expand_conv", "expand_conv", "conv"),
+        ("expand_bn", "expand_bn", "bn"),
+        ("dw_conv", "dwconv2", "conv"),
+        ("dw_bn", "bn", "bn"),
+        ("se/conv_reduce", "se_reduce", "conv_bias"),
+        ("se/conv_expand", "se_expand", "conv_bias"),
+        ("project_conv", "project_conv", "conv"),
+        ("project_bn", "project_bn", "bn"),
+    ),
+}
+_KAPP_STEM = (("stem_conv", "stem_conv", "conv"), ("stem_bn", "stem_bn", "bn"))
+_KAPP_HEAD = (("head_conv", "top_conv", "conv"), ("head_bn", "top_bn", "bn"))
+_KAPP_TOP = (("predictions", "predictions", "dense"),)
+
+
+def keras_applications_block_prefix(block: BlockSpec) -> str:
+    """keras.applications' block prefix, e.g. ``block4a_`` for our ``s3_b00``."""
+    if block.index >= 26:
+        raise ValueError(f"keras.applications cannot name block {block.name} (over 26 per stage).")
+    return f"block{block.stage + 1}{chr(97 + block.index)}_"
+
+
+def keras_applications_mapping(variant, include_top: bool = True) -> dict[str, TensorMapping]:
+    """Our weight key -> keras.applications ``EfficientNetV2*`` ``<layer>/<variable>``.
+
+    Example:
+        >>> keras_applications_mapping("b0")["s3_b00/dw_conv/kernel"].source
+        'block4a_dwconv2/kernel'
+    """
+    spec = get_variant(variant)
+    if spec.name == "xl":
+        raise ValueError("keras.applications has no EfficientNetV2XL.")
+    mapping = _tf_layers(_KAPP_STEM, "", "")
+    for block in resolve_blocks(spec):
+        layers = _KAPP_BLOCK_LAYERS[(block.block, block.expand_ratio != 1)]
+        prefix = keras_applications_block_prefix(block)
+        mapping.update(_tf_layers([(o, prefix + t, k) for o, t, k in layers], f"{block.name}/", ""))
+    mapping.update(_tf_layers(_KAPP_HEAD, "", ""))
+    if include_top:
+        mapping.update(_tf_layers(_KAPP_TOP, "", ""))
     return mapping

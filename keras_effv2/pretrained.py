@@ -1,0 +1,198 @@
+"""Fetch, convert, cache and load registered weight sets (no torch needed).
+
+The first use of a tag downloads the upstream file (``keras.utils.get_file`` into
+``$KERAS_HOME/models/keras_effv2``), converts it strictly into a ``.weights.h5`` written
+atomically beside a ``.sha256`` sidecar, and deletes the download. Later uses verify the
+sha256; a corrupted entry is removed and fetched once more, then a clear error is raised.
+
+``KERAS_EFFV2_WEIGHTS_MIRROR`` (a folder or URL prefix) replaces the upstream host: a file
+``https://host/a/b/c`` is looked up at ``<mirror>/a/b/c``.
+
+Example:
+    >>> import os
+    >>> os.environ["KERAS_EFFV2_WEIGHTS_MIRROR"] = "/data/effv2-mirror"  # offline
+    >>> import keras_effv2
+    >>> # model = keras_effv2.EfficientNetV2B0(weights="imagenet")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.parse
+from pathlib import Path
+
+from keras_effv2.porting.assign import PortingError, model_weight_keys
+from keras_effv2.porting.convert import build_for_checkpoint, convert_checkpoint
+from keras_effv2.porting.readers import CheckpointError
+from keras_effv2.weights import WeightsSpec
+
+MIRROR_ENV = "KERAS_EFFV2_WEIGHTS_MIRROR"
+CACHE_SUBDIR = os.path.join("models", "keras_effv2")
+logger = logging.getLogger("keras_effv2")
+
+
+class WeightsDownloadError(RuntimeError):
+    """A registered weight set could not be fetched, converted or verified."""
+
+
+def cache_dir() -> str:
+    """``$KERAS_HOME/models/keras_effv2`` (``~/.keras`` when ``KERAS_HOME`` is unset)."""
+    home = os.path.expanduser(os.environ.get("KERAS_HOME", os.path.join("~", ".keras")))
+    return os.path.join(home, CACHE_SUBDIR)
+
+
+def source_origin(url: str) -> str:
+    """Where to download ``url`` from, honouring ``KERAS_EFFV2_WEIGHTS_MIRROR``."""
+    mirror = os.environ.get(MIRROR_ENV)
+    if not mirror:
+        return url
+    path = urllib.parse.urlsplit(url).path.lstrip("/")
+    if "://" in mirror:
+        return mirror.rstrip("/") + "/" + path
+    return Path(os.path.abspath(os.path.join(os.path.expanduser(mirror), path))).as_uri()
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _remove(*paths) -> None:
+    for p in paths:
+        if os.path.isdir(p):
+            shutil.rmtree(p, ignore_errors=True)
+        elif os.path.lexists(p):
+            os.remove(p)
+
+
+def fetch_source(spec: WeightsSpec) -> str:
+    """Download the upstream file of ``spec`` (mirror honoured); returns its local path."""
+    import keras
+
+    ext = "tgz" if spec.source_format == "automl-tgz" else "safetensors"
+    origin = source_origin(spec.url)
+    os.makedirs(os.path.join(cache_dir(), "downloads"), exist_ok=True)  # else Keras uses /tmp
+    try:
+        return keras.utils.get_file(
+            fname=f"{spec.key}.{ext}", origin=origin, file_hash=spec.sha256,
+            cache_dir=os.path.dirname(os.path.dirname(cache_dir())),
+            cache_subdir=os.path.join(CACHE_SUBDIR, "downloads"),
+        )
+    except Exception as e:
+        raise WeightsDownloadError(
+            f"Could not fetch weights {spec.key!r} from {origin} ({type(e).__name__}: {e}). "
+            f"For offline use, set {MIRROR_ENV} to a folder holding the file at "
+            f"'{urllib.parse.urlsplit(spec.url).path.lstrip('/')}'."
+        ) from e
+
+
+def _extract_tgz(path: str, into: str) -> str:
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            tar.extractall(into, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise CheckpointError(f"{path!r} is not a readable .tgz archive: {e}") from e
+    return into
+
+
+def convert_source(spec: WeightsSpec, path: str, output: str):
+    """Convert a downloaded upstream file into ``output`` (atomic); returns the model."""
+    if spec.source_format == "timm-safetensors":
+        return convert_checkpoint(spec.variant, "timm", path, output)
+    tmp = tempfile.mkdtemp(prefix=".extract-", dir=os.path.dirname(output))
+    try:
+        return convert_checkpoint(spec.variant, "automl", _extract_tgz(path, tmp), output)
+    finally:
+        _remove(tmp)
+
+
+def _write_sidecar(path: str) -> None:
+    tmp = path + ".sha256.tmp"
+    with open(tmp, "w") as f:
+        f.write(sha256_file(path) + "\n")
+    os.replace(tmp, path + ".sha256")
+
+
+def _verified(path: str) -> bool:
+    try:
+        with open(path + ".sha256") as f:
+            expected = f.read().strip()
+    except OSError:
+        return False
+    return os.path.isfile(path) and sha256_file(path) == expected
+
+
+def cached_weights(spec: WeightsSpec):
+    """Path of the verified converted file for ``spec`` and, if just converted, the model.
+
+    Returns:
+        ``(path, model_or_None)``.
+    """
+    os.makedirs(cache_dir(), exist_ok=True)
+    output = os.path.join(cache_dir(), spec.converted_name)
+    last_error = None
+    for attempt in range(2):
+        if os.path.exists(output) or os.path.exists(output + ".sha256"):
+            if _verified(output):
+                return output, None
+            logger.warning("keras_effv2: cached weights %s failed the sha256 check; "
+                           "removing and fetching again.", output)
+            _remove(output, output + ".sha256")
+            if attempt:
+                break
+        source = None
+        try:
+            source = fetch_source(spec)
+            model = convert_source(spec, source, output)
+            _write_sidecar(output)
+            return output, model
+        except (CheckpointError, PortingError, WeightsDownloadError) as e:
+            last_error = e
+            logger.warning("keras_effv2: fetching %s failed (attempt %d): %s",
+                           spec.key, attempt + 1, e)
+        finally:
+            if source is not None:
+                _remove(source)
+        _remove(output, output + ".sha256")
+    raise WeightsDownloadError(
+        f"Weights {spec.key!r} ({spec.url}) could not be fetched and verified after a retry; "
+        f"nothing was left in the cache. Last error: {last_error}"
+    ) from last_error
+
+
+def load_pretrained(model, spec: WeightsSpec, load_head: bool) -> None:
+    """Fill ``model`` from the registered weight set: backbone always, head if ``load_head``.
+
+    Every non-head weight of ``model`` must exist in the weight set with the same shape.
+    """
+    import keras
+
+    path, donor = cached_weights(spec)
+    if donor is None:
+        donor = build_for_checkpoint(spec.variant, spec.num_classes)
+        donor.load_weights(path)
+    source = model_weight_keys(donor)
+    target = model_weight_keys(model)
+    values, problems = {}, []
+    for key, var in target.items():
+        if key.startswith("predictions/") and not load_head:
+            continue
+        if key not in source or tuple(source[key].shape) != tuple(var.shape):
+            problems.append(key)
+            continue
+        values[key] = source[key]
+    if problems:
+        raise PortingError(
+            f"Model {model.name!r} does not fit weights {spec.key!r}; nothing was loaded. "
+            f"Mismatched weights ({len(problems)}): {', '.join(problems[:20])}"
+        )
+    for key, var in values.items():
+        target[key].assign(keras.ops.convert_to_numpy(var))
