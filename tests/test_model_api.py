@@ -129,7 +129,7 @@ def test_layer_names_are_explicit_and_numeric():
         (dict(input_shape=(224, 224)), "3 entries"),
         (dict(include_top=False, pooling="mean"), "pooling must be None, 'avg' or 'max'"),
         (dict(classes=0), "classes must be a positive int"),
-        (dict(weights=3), "weights must be None or a path"),
+        (dict(weights=3), "weights must be None, a registered tag or a path"),
         (dict(weights="model.h5"), "expected None or a path to a Keras '.weights.h5' file"),
         (dict(dropout_rate=1.5), "dropout_rate must be in"),
         (dict(drop_path_rate=-0.1), "drop_path_rate must be in"),
