@@ -90,7 +90,7 @@ def run_case(name: str, case: Case, repeats: int, iters: int, warmup: int,
             for _ in range(iters):
                 steps[k]()
             rates[k].append(batch * iters / (time.perf_counter() - start))
-    ratios = [o / a for o, a in zip(rates["ours"], rates["keras_apps"])]
+    ratios = [o / a for o, a in zip(rates["ours"], rates["keras_apps"], strict=True)]
     return {
         "case": name, "backend": keras.backend.backend(), "variant": case.variant,
         "mode": case.mode, "forward": forward if case.mode == "forward" else None,
@@ -114,8 +114,9 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated: " +
                         ", ".join(CASES))
-    parser.add_argument("--repeats", type=int, default=7, help="timed A/B rounds")
-    parser.add_argument("--iters", type=int, default=3, help="steps per timed run")
+    parser.add_argument("--repeats", type=int, default=10, help="timed A/B rounds")
+    parser.add_argument("--iters", type=int, default=1,
+                        help="steps per timed run (1: A and B as close in time as possible)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per model")
     parser.add_argument("--forward", choices=("predict_on_batch", "call"),
                         default="predict_on_batch")
