@@ -1,0 +1,17 @@
+"""Smoke test of the benchmark script: quick mode runs and reports the documented fields."""
+
+import json
+
+from keras_effv2 import bench
+
+
+def test_bench_quick_reports_every_case(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    results = bench.main(["--quick", "--json", str(out)])
+    assert [r["case"] for r in results] == list(bench.CASES)
+    for r in results:
+        assert r["size"] == bench.QUICK_SIZE and r["batch"] == bench.QUICK_BATCH
+        assert r["ours_img_s"] > 0 and r["keras_apps_img_s"] > 0
+        assert r["ratio"] > 0 and len(r["ratios"]) == r["repeats"]
+    assert json.loads(out.read_text()) == results
+    assert "ratio" in capsys.readouterr().out
