@@ -18,7 +18,8 @@ BASE_DOCSTRING = """Instantiates the EfficientNetV2-{upper} architecture (Tan & 
 Reference: https://arxiv.org/abs/2104.00298. Parameters: {params:,} ({trainable:,} trainable)
 with the 1000-class top; trained at {train_size}px, evaluated at {eval_size}px.
 
-The model is a functional graph of ``keras_effv2.layers`` blocks named ``s{{stage}}_b{{index:02d}}``.
+The model is a functional graph of ``keras_effv2.layers`` blocks named
+``s{{stage}}_b{{index:02d}}``.
 With ``include_preprocessing=True`` it takes RGB in ``[0, 255]``.
 
 Args:

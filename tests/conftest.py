@@ -13,7 +13,6 @@ except ImportError:  # pragma: no cover - the dev extra installs it
     pass
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 

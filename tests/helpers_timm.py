@@ -2,9 +2,9 @@
 
 timm's default init with BN statistics (0, 1) makes deep EfficientNets explode or vanish,
 and a parity check on such activations proves nothing. ``make_timm_model`` randomises the
-BN affine parameters (small scales where a residual branch ends), then calibrates the BN running statistics on random images (so every
-BN really normalises), and scales the classifier so logits have a standard deviation of a
-few units.
+BN affine parameters (small scales where a residual branch ends), then calibrates the BN
+running statistics on random images (so every BN really normalises), and scales the
+classifier so logits have a standard deviation of a few units.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def make_timm_model(variant: str, num_classes: int = 1000, image_size: int = 64,
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 low, high = (0.1, 0.4) if id(module) in branch_ends else (0.6, 1.4)
-                module.weight.copy_(torch.rand(module.weight.shape, generator=gen) * (high - low) + low)
+                scale = torch.rand(module.weight.shape, generator=gen)
+                module.weight.copy_(scale * (high - low) + low)
                 module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.2)
                 module.reset_running_stats()
                 module.momentum = None  # running stats = the calibration batch's statistics

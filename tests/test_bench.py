@@ -5,7 +5,7 @@ import json
 from keras_effv2 import bench
 
 
-def test_bench_quick_reports_every_case(tmp_path, capsys):
+def test_bench_quick_reports_the_requested_cases(tmp_path, capsys):
     out = tmp_path / "bench.json"
     # S is skipped here only to keep the JAX leg short; it shares B0's code path.
     results = bench.main(["--quick", "--cases", "b0_fwd,b0_train", "--json", str(out)])

@@ -69,7 +69,7 @@ def test_blocks_match_timm_module_structure(variant):
     ours = resolve_blocks(VARIANTS[variant])
     theirs = [(s, j, blk) for s, stage in enumerate(model.blocks) for j, blk in enumerate(stage)]
     assert len(ours) == len(theirs)
-    for b, (s, j, blk) in zip(ours, theirs):
+    for b, (s, j, blk) in zip(ours, theirs, strict=True):
         assert (b.stage, b.index) == (s, j)
         name = type(blk).__name__
         if b.block == "mbconv":

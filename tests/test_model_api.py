@@ -61,7 +61,8 @@ def test_constructors_names_and_defaults():
     assert model.get_layer("head_dropout").rate == 0.3
     assert keras_effv2.EfficientNetV2B0(weights=None, name="x", dropout_rate=0.5).get_layer(
         "head_dropout").rate == 0.5
-    assert [VARIANTS[v].dropout_rate for v in CONSTRUCTORS] == [0.2, 0.2, 0.3, 0.3, 0.2, 0.3, 0.4, 0.4]
+    dropouts = [VARIANTS[v].dropout_rate for v in CONSTRUCTORS]
+    assert dropouts == [0.2, 0.2, 0.3, 0.3, 0.2, 0.3, 0.4, 0.4]
 
 
 def test_pooling_and_classifier_activation():

@@ -77,7 +77,8 @@ def test_two_instances_in_one_model_save_and_load(tmp_path):
     [
         (FusedMBConv(16, 16, expand_ratio=4, drop_path_rate=0.1, name="f"), (2, 8, 8, 16)),
         (FusedMBConv(16, 24, strides=2, name="f1"), (2, 8, 8, 16)),
-        (MBConv(16, 16, expand_ratio=6, se_channels=4, drop_path_rate=0.1, name="m"), (2, 8, 8, 16)),
+        (MBConv(16, 16, expand_ratio=6, se_channels=4, drop_path_rate=0.1, name="m"),
+         (2, 8, 8, 16)),
         (SqueezeExcite(16, 4, name="se"), (2, 8, 8, 16)),
         (DropPath(0.3, seed=3, name="dp"), (2, 8, 8, 16)),
         (InputNormalization((0.5,) * 3, (0.25,) * 3, name="norm"), (2, 8, 8, 3)),

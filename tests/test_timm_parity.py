@@ -66,7 +66,7 @@ def test_wrong_checkpoint_lists_unmatched_keys():
     with pytest.raises(PortingError, match=r"missing from the checkpoint \(\d+\): s0_b01"):
         assign_weights(model, timm_state_dict(reference), timm_mapping("b1"),
                        ignored_suffixes=TIMM_IGNORED_SUFFIXES)
-    for w, b in zip(model.weights[:3], before):  # nothing half-loaded
+    for w, b in zip(model.weights[:3], before, strict=True):  # nothing half-loaded
         np.testing.assert_array_equal(to_numpy(w), b)
 
 

@@ -31,9 +31,11 @@ class InputNormalization(keras.layers.Layer):
         if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
             raise ValueError(f"mean and std must have equal length and std > 0; got {mean}, {std}.")
         self.data_format = data_format or keras.config.image_data_format()
-        shape = (1, 1, len(self.mean)) if self.data_format == "channels_last" else (len(self.mean), 1, 1)
-        self._scale = (1.0 / (255.0 * np.asarray(self.std))).reshape(shape).astype("float32")
-        self._offset = (-np.asarray(self.mean) / np.asarray(self.std)).reshape(shape).astype("float32")
+        n = len(self.mean)
+        shape = (1, 1, n) if self.data_format == "channels_last" else (n, 1, 1)
+        mean, std = np.asarray(self.mean), np.asarray(self.std)
+        self._scale = (1.0 / (255.0 * std)).reshape(shape).astype("float32")
+        self._offset = (-mean / std).reshape(shape).astype("float32")
 
     def call(self, inputs):
         x = ops.cast(inputs, self.compute_dtype)
