@@ -113,11 +113,15 @@ def tfds_dataset(data_dir=None, limit: int | None = None):
         ds = builder.as_dataset(split=split, shuffle_files=False)
     except Exception as e:  # tfds raises AssertionError when the manual files are missing
         manual = tfds_manual_dir(data_dir)
+        hint = ""
+        if isinstance(e, ModuleNotFoundError):
+            hint = (f" TFDS itself could not run: install the missing module {e.name!r} "
+                    f"(pip install {e.name}).")
         raise DatasetError(
-            "TFDS imagenet2012 is not prepared and needs a manual download: put "
-            f"ILSVRC2012_img_val.tar (from image-net.org) in {manual}/ and run again "
-            f"(the train tar is optional). Or pass --data DIR with DIR/<wnid>/*.JPEG. "
-            f"TFDS said: {type(e).__name__}: {e}"
+            "TFDS imagenet2012 (validation) is not prepared. ImageNet needs a manual download: "
+            f"put ILSVRC2012_img_val.tar (from image-net.org) in {manual}/ and run again (the "
+            "train tar is optional); or pass --data DIR with DIR/<wnid>/*.JPEG." + hint +
+            f" TFDS said: {type(e).__name__}: {e}"
         ) from e
     return ds.map(lambda ex: (ex["image"], ex["label"]))
 
@@ -126,8 +130,7 @@ def open_dataset(data: str, limit: int | None = None):
     """``--data`` value -> dataset of ``(uint8 image, label)``."""
     if data == "tfds" or data.startswith("tfds:"):
         return tfds_dataset(data.partition(":")[2] or None, limit)
-    ds = image_folder_dataset(data, limit)
-    return ds
+    return image_folder_dataset(data, limit)
 
 
 def build_eval_model(spec):
