@@ -1,6 +1,7 @@
 """weights_tools: ``evaluate`` (eval transforms, image folder, tfds), ``convert-all``, and
 two processes loading the same tag into one cache at once."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -188,7 +189,7 @@ def _write_jpegs(n, seed=0):
     rng = np.random.default_rng(seed)
     images = []
     for _ in range(n):
-        h, w = int(rng.integers(180, 300)), int(rng.integers(180, 300))
+        h, w = int(rng.integers(60, 120)), int(rng.integers(60, 120))
         base = _smooth(h, w).astype(np.float32) * rng.uniform(0.3, 1.0, 3)
         images.append(Image.fromarray(np.clip(base + rng.normal(0, 20, base.shape), 0,
                                               255).astype(np.uint8)))
@@ -206,18 +207,19 @@ def _own_rankings(model, root, spec):
     """Each image's classes ranked by ``model`` through the same decode + eval transform."""
     import tensorflow as tf
 
-    ranks = {}
-    for path in sorted(root.rglob("*.JPEG")):
-        img = tf.io.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
-        x = eval_transform(img, spec.eval_size, spec.preprocessing.crop_pct,
-                           spec.preprocessing.crop_mode, spec.preprocessing.interpolation)
-        logits = to_numpy(model(to_backend_layout(x.numpy()[None]), training=False))[0]
-        ranks[path.name] = np.argsort(-logits, kind="stable")
-    return ranks
+    paths = sorted(root.rglob("*.JPEG"))
+    pp = spec.preprocessing
+    x = np.stack([eval_transform(
+        tf.io.decode_image(tf.io.read_file(str(p)), channels=3, expand_animations=False),
+        spec.eval_size, pp.crop_pct, pp.crop_mode, pp.interpolation).numpy() for p in paths])
+    logits = to_numpy(model(to_backend_layout(x), training=False))
+    return {p.name: np.argsort(-row, kind="stable") for p, row in zip(paths, logits, strict=True)}
 
 
-def test_evaluate_image_folder_counts(keras_home, tmp_path, capsys):
-    spec = WEIGHTS["b0.in1k"]
+def test_evaluate_image_folder_counts(keras_home, tmp_path, monkeypatch, capsys):
+    # b0.in1k's eval settings (center crop_pct 0.875, bicubic) at 64px instead of 224 (speed).
+    spec = dataclasses.replace(WEIGHTS["b0.in1k"], eval_size=64)
+    monkeypatch.setitem(weights_module.WEIGHTS, spec.key, spec)
     images = _write_jpegs(6)
     probe = _layout(tmp_path / "probe", images, [WNIDS[0], WNIDS[1], WNIDS[2]] * 2)
     model = keras_effv2.EfficientNetV2B0(weights="imagenet", classifier_activation=None)
@@ -232,7 +234,7 @@ def test_evaluate_image_folder_counts(keras_home, tmp_path, capsys):
                      "--batch-size", "4", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert (result["count"], result["top1"], result["top5"]) == (6, 0.5, 5 / 6)
-    assert (result["eval_size"], result["crop_pct"], result["crop_mode"]) == (224, 0.875, "center")
+    assert (result["eval_size"], result["crop_pct"], result["crop_mode"]) == (64, 0.875, "center")
     assert "top-1 50.000%  top-5 83.333%  on 6 images" in capsys.readouterr().out
     # Labels = the model's own top-1: exactly 100%; --limit evaluates a subset.
     own = _layout(tmp_path / "own", images, [WNIDS[ranks[f"img_{i}.JPEG"][0]] for i in range(6)])
@@ -304,13 +306,6 @@ def test_convert_all_manifest(keras_home, tmp_path, monkeypatch, capsys):
     parity = entries["b0.in1k"]["parity"]
     assert parity["max_abs_diff"] <= 1e-4 and parity["top5_equal"] is True
     assert entries["b0.in21k_ft_in1k"]["parity"].startswith("not verified: ")
-    # Both files hold the same (EMA) weights: the converted models agree.
-    a = keras_effv2.EfficientNetV2B0(weights=str(out / entries["b0.in1k"]["file"]),
-                                     include_preprocessing=False, classifier_activation=None)
-    b = keras_effv2.EfficientNetV2B0(weights=str(out / entries["b0.in21k_ft_in1k"]["file"]),
-                                     include_preprocessing=False, classifier_activation=None)
-    x = to_backend_layout(np.random.default_rng(1).normal(size=(1, 64, 64, 3)).astype("float32"))
-    np.testing.assert_allclose(to_numpy(a(x)), to_numpy(b(x)), rtol=0, atol=1e-4)
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["manifest.json", *(e["file"] for e in entries.values())])
     # A filtered re-run keeps the other entries; a bad download is recorded, no file written.
