@@ -174,8 +174,12 @@ def evaluate(variant, weights, data: str, limit: int | None = None, batch_size: 
     channels_first = keras.config.image_data_format() == "channels_first"
     count = correct1 = correct5 = 0
     for images, labels in ds.as_numpy_iterator():
+        n = len(labels)
+        if n < batch_size:  # one input shape for every batch: no retracing / recompiling
+            images = np.concatenate([images, np.zeros((batch_size - n, *images.shape[1:]),
+                                                      images.dtype)])
         x = np.ascontiguousarray(images.transpose(0, 3, 1, 2)) if channels_first else images
-        logits = keras.ops.convert_to_numpy(model(x, training=False))
+        logits = keras.ops.convert_to_numpy(model(x, training=False))[:n]
         top5 = np.argsort(-logits, axis=-1, kind="stable")[:, :5]
         correct1 += int(np.sum(top5[:, 0] == labels))
         correct5 += int(np.sum(np.any(top5 == labels[:, None], axis=-1)))
