@@ -34,6 +34,18 @@ def url_path(url):
     return urllib.parse.urlsplit(url).path.lstrip("/")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """timm's float64 reference forward with 2+ intra-op threads can take minutes on a busy
+    machine (thread oversubscription) and 0.1 s with one thread."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory):
     """A folder mirror with b0.in1k (timm safetensors) and b0.in21k_ft_in1k (automl .tgz)
@@ -73,7 +85,8 @@ print("CONVERTED" if model is not None else "CACHED", path)
 
 
 def test_two_processes_load_same_tag_at_once(keras_home, tmp_path, monkeypatch):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    path = os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     ready = str(tmp_path / "ready")
     procs = [subprocess.Popen([sys.executable, "-c", CHILD, ready, str(i)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -290,19 +303,7 @@ def test_evaluate_tfds_imagenet2012_mock():
 
 # ---------------------------------------------------------------- convert-all
 
-@pytest.fixture
-def one_torch_thread():
-    """timm's float64 reference forward with 2+ intra-op threads can take minutes on a busy
-    machine (thread oversubscription) and 0.1 s with one thread."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_convert_all_manifest(keras_home, tmp_path, monkeypatch, capsys, one_torch_thread):
+def test_convert_all_manifest(keras_home, tmp_path, monkeypatch, capsys):
     keys = ("b0.in1k", "b0.in21k_ft_in1k")
     monkeypatch.setattr(weights_module, "WEIGHTS", {k: WEIGHTS[k] for k in keys})
     out = tmp_path / "converted"
