@@ -21,9 +21,12 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
 import tarfile
 import tempfile
+import time
 import urllib.parse
+from contextlib import contextmanager
 from pathlib import Path
 
 from keras_effv2.porting.assign import PortingError, model_weight_keys
@@ -33,6 +36,8 @@ from keras_effv2.weights import WeightsSpec
 
 MIRROR_ENV = "KERAS_EFFV2_WEIGHTS_MIRROR"
 CACHE_SUBDIR = os.path.join("models", "keras_effv2")
+# A lock older than this whose owner cannot be checked (another host) is taken as stale.
+LOCK_STALE_S = 6 * 3600
 logger = logging.getLogger("keras_effv2")
 
 
@@ -80,9 +85,9 @@ def fetch_source(spec: WeightsSpec) -> str:
     ext = "tgz" if spec.source_format == "automl-tgz" else "safetensors"
     origin = source_origin(spec.url)
     os.makedirs(os.path.join(cache_dir(), "downloads"), exist_ok=True)  # else Keras uses /tmp
-    try:
+    try:  # Keras writes straight to the target: one name per process, never shared
         return keras.utils.get_file(
-            fname=f"{spec.key}.{ext}", origin=origin, file_hash=spec.sha256,
+            fname=f"{spec.key}.{os.getpid()}.{ext}", origin=origin, file_hash=spec.sha256,
             cache_dir=os.path.dirname(os.path.dirname(cache_dir())),
             cache_subdir=os.path.join(CACHE_SUBDIR, "downloads"),
         )
@@ -115,7 +120,7 @@ def convert_source(spec: WeightsSpec, path: str, output: str):
 
 
 def _write_sidecar(path: str) -> None:
-    tmp = path + ".sha256.tmp"
+    tmp = f"{path}.sha256.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(sha256_file(path) + "\n")
     os.replace(tmp, path + ".sha256")
@@ -130,14 +135,102 @@ def _verified(path: str) -> bool:
     return os.path.isfile(path) and sha256_file(path) == expected
 
 
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _lock_is_stale(content: str, mtime: float) -> bool:
+    parts = content.split()
+    if len(parts) >= 2 and parts[0] == socket.gethostname() and parts[1].isdigit():
+        return not _pid_alive(int(parts[1]))
+    return time.time() - mtime > LOCK_STALE_S  # another host, or not yet written
+
+
+def _break_if_stale(path: str) -> bool:
+    """Remove ``path`` if its owner is gone; ``True`` when the caller should retry now."""
+    try:
+        mtime = os.stat(path).st_mtime
+        with open(path) as f:
+            content = f.read()
+    except OSError:
+        return True  # released meanwhile
+    if not _lock_is_stale(content, mtime):
+        return False
+    aside = f"{path}.stale-{os.getpid()}"
+    try:
+        os.rename(path, aside)  # atomic: only one breaker wins
+    except OSError:
+        return True
+    try:
+        with open(aside) as f:
+            if f.read() != content:  # a fresh lock was taken meanwhile: put it back
+                try:
+                    os.link(aside, path)
+                except OSError:
+                    pass
+            else:
+                logger.warning("keras_effv2: removed stale lock %s (%s)", path, content.strip())
+    finally:
+        _remove(aside)
+    return True
+
+
+@contextmanager
+def _file_lock(path: str, poll_s: float = 0.1):
+    """Exclusive lock across processes: ``path`` created with ``O_CREAT | O_EXCL``."""
+    token = f"{socket.gethostname()} {os.getpid()} {time.time():.6f}\n"
+    announced = False
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if _break_if_stale(path):
+                continue
+            if not announced:
+                logger.info("keras_effv2: waiting for %s (another process is converting)", path)
+                announced = True
+            time.sleep(poll_s)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(token)
+        break
+    try:
+        yield
+    finally:
+        try:
+            with open(path) as f:
+                ours = f.read() == token
+            if ours:
+                os.remove(path)
+        except OSError:
+            pass
+
+
 def cached_weights(spec: WeightsSpec):
     """Path of the verified converted file for ``spec`` and, if just converted, the model.
+
+    Safe to call from several processes at once (see the module docstring).
 
     Returns:
         ``(path, model_or_None)``.
     """
     os.makedirs(cache_dir(), exist_ok=True)
     output = os.path.join(cache_dir(), spec.converted_name)
+    if _verified(output):
+        return output, None
+    with _file_lock(os.path.join(cache_dir(), f".{spec.converted_name}.lock")):
+        return _fetch_and_convert(spec, output)
+
+
+def _fetch_and_convert(spec: WeightsSpec, output: str):
     last_error = None
     for attempt in range(2):
         if os.path.exists(output) or os.path.exists(output + ".sha256"):

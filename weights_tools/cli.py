@@ -1,13 +1,17 @@
-"""Command line: convert an upstream checkpoint to a keras_effv2 ``.weights.h5``.
+"""Command line: ``convert`` one upstream checkpoint, ``convert-all`` registered weight sets
+with a manifest, ``evaluate`` a weight set's ImageNet-1k top-1/top-5.
 
 Example:
     $ python -m weights_tools convert --source automl --variant b0 \\
         --checkpoint efficientnetv2-b0-21k/ --output b0.in21k.weights.h5 --no-ema
+    $ python -m weights_tools convert-all --output converted/ --variants b0 b1
+    $ python -m weights_tools evaluate --variant s --weights imagenet --data tfds --limit 1000
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from keras_effv2.porting.assign import PortingError
@@ -49,11 +53,62 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--verify-size", type=int, default=128)
     c.add_argument("--no-ema", dest="ema", action="store_false",
                    help="automl: read raw variables, not the ExponentialMovingAverage shadows")
+
+    a = sub.add_parser("convert-all", help="convert every registered weight set (filterable) "
+                                           "into DIR, verified, with DIR/manifest.json")
+    a.add_argument("--output", required=True, help="output folder")
+    a.add_argument("--variants", nargs="+", help="only these variants (b0 .. xl)")
+    a.add_argument("--tags", nargs="+", help="only these tags (in1k, in21k, in21k_ft_in1k or "
+                                             "imagenet, imagenet21k, imagenet21k-ft1k)")
+    a.add_argument("--verify-size", type=int, default=128)
+
+    e = sub.add_parser("evaluate", help="ImageNet-1k top-1/top-5 with the weight set's own "
+                                        "eval preprocessing")
+    e.add_argument("--variant", required=True)
+    e.add_argument("--weights", required=True, help="registered tag, e.g. imagenet, in1k, "
+                                                    "imagenet21k-ft1k")
+    e.add_argument("--data", required=True,
+                   help="'tfds' or 'tfds:DATA_DIR' (imagenet2012 validation), or a folder "
+                        "DIR/<wnid>/*.JPEG")
+    e.add_argument("--limit", type=int, help="evaluate this many images only")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--json", dest="json_out", help="also write the result to this JSON file")
     return parser
+
+
+def _convert_all(args) -> int:
+    from weights_tools.convert_all import convert_all
+
+    entries = convert_all(args.output, args.variants, args.tags, verify_size=args.verify_size)
+    failed = [e["key"] for e in entries if "error" in e]
+    print(f"{len(entries) - len(failed)}/{len(entries)} converted into {args.output}"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def _evaluate(args) -> int:
+    from weights_tools.evaluate import evaluate
+
+    r = evaluate(args.variant, args.weights, args.data, limit=args.limit,
+                 batch_size=args.batch_size)
+    print(f"{r.key}: top-1 {100 * r.top1:.3f}%  top-5 {100 * r.top5:.3f}%  on {r.count} images "
+          f"({r.eval_size}px, {r.crop_mode} crop_pct {r.crop_pct}, {r.interpolation})")
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(r.as_dict(), f, indent=2)
+    return 0
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("convert-all", "evaluate"):
+        from weights_tools.evaluate import DatasetError
+
+        try:
+            return (_convert_all if args.command == "convert-all" else _evaluate)(args)
+        except (DatasetError, ValueError, ImportError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     try:
         _, report = convert(args.source, args.variant, args.checkpoint, args.output,
                             verify=args.verify, ema=args.ema, verify_size=args.verify_size)

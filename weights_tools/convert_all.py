@@ -1,0 +1,141 @@
+"""Convert every registered weight set (filterable) into a folder, with a manifest.
+
+Each entry is fetched through the same path as ``weights="..."`` (``keras.utils.get_file``,
+``KERAS_EFFV2_WEIGHTS_MIRROR`` honoured), converted strictly, verified against the source
+implementation where it is installed (timm, for the timm safetensors sources), and written
+atomically as ``DIR/<converted name>``. ``DIR/manifest.json`` (written atomically; entries
+from earlier runs with other filters are kept) records per entry: key, file, sha256, size,
+source url and format, and parity figures or ``"not verified: <reason>"``; a failed entry
+records ``error`` and writes no file.
+
+Example:
+    $ python -m weights_tools convert-all --output converted/ --variants b0 s --tags in1k
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+import os
+import tempfile
+
+from keras_effv2 import pretrained
+from keras_effv2 import weights as registry
+from keras_effv2.configs import get_variant
+from keras_effv2.porting.assign import PortingError
+from keras_effv2.porting.convert import port_tensors, read_checkpoint, save_weights_atomic
+from keras_effv2.porting.readers import CheckpointError
+from weights_tools.verify import VerificationError, verify_against_source
+
+MANIFEST = "manifest.json"
+
+
+def select(variants=None, tags=None) -> list:
+    """Registered ``WeightsSpec`` s, optionally only some variants and/or tags."""
+    v = {get_variant(x).name for x in variants} if variants else None
+    t = {registry.normalize_tag(x) for x in tags} if tags else None
+    chosen = [w for w in registry.WEIGHTS.values()
+              if (v is None or w.variant in v) and (t is None or w.tag in t)]
+    if not chosen:
+        raise ValueError(f"No registered weight set matches variants={variants} tags={tags}; "
+                         f"registered: {', '.join(registry.WEIGHTS)}.")
+    return chosen
+
+
+def _port(spec, source: str, workdir: str):
+    """``(model, tensors, checkpoint)`` from the downloaded upstream file, strictly."""
+    if spec.source_format == "timm-safetensors":
+        tensors, extra = read_checkpoint("timm", source)
+        return port_tensors(spec.variant, "timm", tensors, extra), tensors, source
+    folder = pretrained._extract_tgz(source, workdir)
+    tensors, extra = read_checkpoint("automl", folder)
+    return port_tensors(spec.variant, "automl", tensors, extra), tensors, folder
+
+
+def _parity(spec, model, tensors, checkpoint, verify_size: int):
+    if spec.source_format != "timm-safetensors":
+        return ("not verified: no reference implementation of google/automl's TF checkpoints "
+                "is installed (timm has no B0-B2 21k weights to compare with)")
+    if importlib.util.find_spec("timm") is None:
+        return "not verified: timm is not installed"
+    import timm
+
+    report = verify_against_source(model, "timm", spec.variant, tensors, checkpoint,
+                                   spec.num_classes, image_size=verify_size)
+    return {"reference": f"timm {timm.__version__} tf_efficientnetv2_{spec.variant}",
+            "max_abs_diff": report.max_abs_diff, "top5_equal": report.top5_equal,
+            "image_size": report.image_size, "atol": 1e-4}
+
+
+def convert_one(spec, output_dir: str, verify_size: int = 128) -> dict:
+    entry = {"key": spec.key, "variant": spec.variant, "tag": spec.tag,
+             "source_url": spec.url, "source_format": spec.source_format,
+             "num_classes": spec.num_classes}
+    workdir = tempfile.mkdtemp(prefix=".convert-", dir=output_dir)
+    source = None
+    try:
+        source = pretrained.fetch_source(spec)
+        entry["source_sha256"] = pretrained.sha256_file(source)
+        model, tensors, checkpoint = _port(spec, source, workdir)
+        entry["parity"] = _parity(spec, model, tensors, checkpoint, verify_size)
+        path = save_weights_atomic(model, os.path.join(output_dir, spec.converted_name))
+        entry.update(file=spec.converted_name, sha256=pretrained.sha256_file(path),
+                     size=os.path.getsize(path))
+    except (CheckpointError, PortingError, VerificationError,
+            pretrained.WeightsDownloadError) as e:
+        entry["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        pretrained._remove(workdir)
+        if source is not None:
+            pretrained._remove(source)
+    return entry
+
+
+def _write_json_atomic(obj, path: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def convert_all(output_dir, variants=None, tags=None, verify_size: int = 128, log=print):
+    """Convert the selected weight sets into ``output_dir``; returns the manifest entries."""
+    output_dir = os.path.abspath(os.fspath(output_dir))
+    specs = select(variants, tags)
+    os.makedirs(output_dir, exist_ok=True)
+    manifest_path = os.path.join(output_dir, MANIFEST)
+    previous = {}
+    if os.path.exists(manifest_path):
+        with open(manifest_path) as f:
+            previous = {e["key"]: e for e in json.load(f).get("entries", [])}
+    entries = []
+    for spec in specs:
+        entry = convert_one(spec, output_dir, verify_size)
+        entries.append(entry)
+        previous[spec.key] = entry
+        parity = entry.get("parity")
+        if "error" in entry:
+            log(f"{spec.key}: FAILED: {entry['error']}")
+        elif isinstance(parity, dict):
+            log(f"{spec.key}: wrote {entry['file']} (max|Δ logit| {parity['max_abs_diff']:.3g} "
+                f"vs {parity['reference']}, top-5 equal)")
+        else:
+            log(f"{spec.key}: wrote {entry['file']} ({parity})")
+        _write_json_atomic(_manifest(previous), manifest_path)  # progress survives a crash
+    return entries
+
+
+def _manifest(entries: dict) -> dict:
+    from keras_effv2.version import __version__
+
+    order = list(registry.WEIGHTS)
+    keys = sorted(entries, key=lambda k: (order.index(k) if k in order else len(order), k))
+    return {"keras_effv2": __version__,
+            "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "entries": [entries[k] for k in keys]}
