@@ -2,7 +2,7 @@
 
 ``data/imagenet1k_classes.tsv`` (1000 classes, standard index order) and
 ``data/imagenet21k_classes.tsv.gz`` (21843 classes, Google's ImageNet-21k order as used
-by the automl/timm 21k heads) hold ``wnid<TAB>WordNet lemmas`` lines, taken from timm's
+by the automl/timm 21k heads) hold ``wnid<TAB>WordNet lemmas`` lines, copied out of timm's
 ``data/_info`` synset lists and WordNet lemmas.
 
 Example:

@@ -87,7 +87,7 @@ def _automl(v, tag, classes, pp, sizes) -> WeightsSpec:
 
 
 _K21 = 21843
-# Preprocessing: mean/std from what automl trained with (§2.1); interpolation/crop from timm's
+# Preprocessing: mean/std from what automl trained with (§2.1); interpolation/crop as in timm's
 # pretrained_cfg (§2.3), with which timm measured top1_timm. automl-only B0-B2 21k sets use
 # automl's own eval path (bilinear resize of the whole image).
 _AUTOML_21K = _pp(INCEPTION, 1.0, "squash", "bilinear")

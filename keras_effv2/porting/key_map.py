@@ -6,8 +6,8 @@ the transform that brings it to Keras layout. The tables below are the whole map
 nothing is matched by position.
 
 Example:
-    >>> from keras_effv2.porting import timm_mapping
-    >>> m = timm_mapping("b0")
+    >>> from keras_effv2 import porting
+    >>> m = porting.timm_mapping("b0")
     >>> m["s3_b00/dw_conv/kernel"].source
     'blocks.3.0.conv_dw.weight'
 """
