@@ -18,9 +18,9 @@ import keras
 from keras_effv2.configs import VariantSpec, get_variant, resolve_blocks
 from keras_effv2.layers import FusedMBConv, InputNormalization, MBConv
 from keras_effv2.layers.blocks import CONV_KERNEL_INITIALIZER
-from keras_effv2.preprocessing import DEFAULT_PREPROCESSING, PreprocessingSpec
+from keras_effv2.preprocessing import PreprocessingSpec
 from keras_effv2.pretrained import load_pretrained
-from keras_effv2.weights import get_weights_spec, is_weights_tag
+from keras_effv2.weights import default_weights_spec, get_weights_spec, is_weights_tag
 
 logger = logging.getLogger("keras_effv2")
 
@@ -71,7 +71,7 @@ def _resolve_preprocessing(include_preprocessing, variant: VariantSpec, weights_
     if include_preprocessing is True:
         if weights_spec is not None:
             return weights_spec.preprocessing
-        return DEFAULT_PREPROCESSING[variant.name]
+        return default_weights_spec(variant).preprocessing
     if include_preprocessing in (False, None):
         return None
     if isinstance(include_preprocessing, PreprocessingSpec):

@@ -48,13 +48,6 @@ AUTOML_128 = PreprocessingSpec((128 / 255,) * 3, (128 / 255,) * 3, interpolation
 # (x / 255 - 0.5) / 0.5: every 21k and 21k-ft1k checkpoint (timm's INCEPTION mean/std).
 INCEPTION = PreprocessingSpec((0.5,) * 3, (0.5,) * 3)
 
-# What a variant's ImageNet weight set ("imagenet"; XL has only 21k-ft1k) expects: used when
-# the model is built with include_preprocessing=True and no registered weights are loaded.
-DEFAULT_PREPROCESSING: dict[str, PreprocessingSpec] = {
-    "b0": IMAGENET, "b1": IMAGENET, "b2": IMAGENET, "b3": IMAGENET,
-    "s": AUTOML_128, "m": AUTOML_128, "l": AUTOML_128, "xl": INCEPTION,
-}
-
 
 def preprocess_input(images, spec: PreprocessingSpec | None = None, *, weights=None):
     """Normalise ``[0, 255]`` channels-last images for a model built with

@@ -145,6 +145,15 @@ def get_weights_spec(variant, tag: str) -> WeightsSpec:
     return WEIGHTS[key]
 
 
+def default_weights_spec(variant) -> WeightsSpec:
+    """The variant's ImageNet-1k classifier weights: ``in1k``, or ``in21k_ft_in1k`` for XL.
+
+    Its preprocessing is what ``include_preprocessing=True`` builds when no tag is loaded.
+    """
+    v = get_variant(variant).name
+    return WEIGHTS.get(f"{v}.in1k") or WEIGHTS[f"{v}.in21k_ft_in1k"]
+
+
 def list_weights(variant=None) -> list[dict]:
     """Every registered weight set as a dict (optionally for one variant).
 

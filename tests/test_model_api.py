@@ -100,10 +100,9 @@ def test_include_preprocessing_equals_manual_normalisation(spec, mean, std):
 
 
 def test_default_preprocessing_follows_the_imagenet_weight_set():
-    from keras_effv2.preprocessing import DEFAULT_PREPROCESSING
-    assert DEFAULT_PREPROCESSING["b0"] == IMAGENET
-    assert DEFAULT_PREPROCESSING["s"] == AUTOML_128
-    assert DEFAULT_PREPROCESSING["xl"] == INCEPTION
+    means = {v: keras_effv2.EfficientNetV2(v, weights=None).get_layer("preprocessing").mean
+             for v in ("b0", "s", "xl")}
+    assert means == {"b0": IMAGENET.mean, "s": AUTOML_128.mean, "xl": INCEPTION.mean}
     layer = keras_effv2.EfficientNetV2S(weights=None).get_layer("preprocessing")
     out = to_numpy(layer(np.array([[[[0.0, 128.0, 255.0]]]], "float32")))
     np.testing.assert_allclose(out, [[[[-1.0, 0.0, 127 / 128]]]], atol=1e-6)
