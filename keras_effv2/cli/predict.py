@@ -92,7 +92,7 @@ def predict(paths: list[str], spec, top: int = 5) -> list[dict]:
         raise CliError(f"could not load weights {spec.key!r}: {e}", FAILURE) from e
     probs = model.predict(images, batch_size=8, verbose=0)
     results = []
-    for path, row in zip(paths, decode_predictions(probs, top=top)):
+    for path, row in zip(paths, decode_predictions(probs, top=top), strict=True):
         results.append({
             "image": path, "weights": spec.key, "eval_size": spec.eval_size,
             "top": [{"rank": i + 1, "wnid": w, "label": name, "score": score}
