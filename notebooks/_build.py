@@ -21,7 +21,8 @@ BADGE = ("[![Open In Colab](https://colab.research.google.com/assets/colab-badge
          "({url}{name}.ipynb)")
 
 SETUP = '''\
-# Choose the Keras backend here, before Keras is imported: "tensorflow", "jax" or "torch".
+# Choose the Keras backend here, before Keras is imported: "tensorflow", "jax" or "torch"
+# (a KERAS_BACKEND already set in the environment, as the project's tests do, wins).
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "{backend}")
