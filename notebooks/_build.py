@@ -185,15 +185,15 @@ reference = timm.create_model(f"tf_efficientnetv2_{VARIANT}", pretrained=False)
 reference.load_state_dict(load_file(source))
 reference.eval()'''),
     new_markdown_cell(
-        "Convert with the command line. `--verify` makes the converter itself compare our "
-        "logits with timm's (max |Δ| ≤ 1e-4, same top-5) before it writes the file, which is "
-        "written atomically."),
+        "Convert with the command line; the file is written atomically. (`--verify` would also "
+        "make the converter compare our logits with a float64 timm forward on random inputs "
+        "before writing; here the next section checks parity on real photos instead.)"),
     new_code_cell('''\
 work = tempfile.mkdtemp()
 ported = os.path.join(work, f"efficientnetv2_{VARIANT}.weights.h5")
 run = subprocess.run([sys.executable, "-m", "keras_effv2.cli", "convert", "--source", "timm",
-                      "--variant", VARIANT, "--checkpoint", source, "--output", ported,
-                      "--verify"], capture_output=True, text=True)
+                      "--variant", VARIANT, "--checkpoint", source, "--output", ported],
+                     capture_output=True, text=True)
 print(run.stdout)
 if run.returncode:
     raise RuntimeError(f"conversion failed:\\n{run.stderr[-3000:]}")'''),
@@ -214,13 +214,15 @@ for size in sizes:
     with torch.no_grad():
         theirs = reference(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
     top_ours, top_theirs = np.argsort(-ours)[:, :5], np.argsort(-theirs)[:, :5]
-    rows.append((size, np.abs(ours - theirs).max(), np.abs(ours - theirs).mean(),
+    worst = np.abs(ours - theirs).max()
+    rows.append((size, worst, np.abs(ours - theirs).mean(), worst / np.abs(theirs).max(),
                  bool((top_ours == top_theirs).all())))
     pairs[size] = (theirs.ravel(), ours.ravel())
-print(f"{'size':>5} {'max |Δ logit|':>14} {'mean |Δ|':>10} {'top-5 equal':>12}")
-for size, worst, mean, same in rows:
-    print(f"{size:>5} {worst:14.2e} {mean:10.2e} {str(same):>12}")
-assert all(same and worst < 1e-3 for _, worst, _, same in rows)'''),
+print(f"{'size':>5} {'max |Δ logit|':>14} {'mean |Δ|':>10} {'relative':>9} {'top-5 equal':>12}")
+for size, worst, mean, rel, same in rows:
+    print(f"{size:>5} {worst:14.2e} {mean:10.2e} {rel:9.1e} {str(same):>12}")
+# float32 on both sides: differences of float32 rounding, relative to the logits' scale.
+assert all(same and rel < 1e-4 for *_, rel, same in rows)'''),
     new_code_cell('''\
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
 theirs, ours = pairs[spec.eval_size]
@@ -230,7 +232,8 @@ ax1.plot(lims, lims, "k--", lw=0.8)
 ax1.set(xlabel="timm logit", ylabel="keras_effv2 logit",
         title=f"{spec.key} at {spec.eval_size}px: 2 x 1000 logits")
 ax2.bar([str(s) for s, *_ in rows], [w for _, w, *_ in rows], color="tab:orange")
-ax2.axhline(1e-4, color="k", ls="--", lw=0.8, label="1e-4")
+ax2.axhline(1e-4 * np.abs(theirs).max(), color="k", ls="--", lw=0.8,
+            label="1e-4 x max |logit|")
 ax2.set(yscale="log", xlabel="image size", ylabel="max |Δ logit|", title="float32 difference")
 ax2.legend()
 fig.tight_layout()
