@@ -1,4 +1,4 @@
-"""Evaluation resizing per weight set (timm's eval transform), for ``tf.data`` pipelines.
+"""Evaluation resizing per weight set (timm's eval transform), for ``tf.data`` and PIL images.
 
 A weight set's :class:`~keras_effv2.preprocessing.PreprocessingSpec` says how it was
 evaluated (architecture.md §2.3), at its ``eval_size``:
