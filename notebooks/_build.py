@@ -438,7 +438,7 @@ print(f"{NUM_CLASSES} classes, {NUM_TRAIN} training and {NUM_VAL} validation ima
 VARIANT = "b0"
 BATCH = 8 if SMALL else 32
 HEAD_EPOCHS = 1 if SMALL else 3
-STAGES = 3 if SMALL else 4
+STAGES = 2 if SMALL else 4
 EPOCHS_PER_STAGE = 1 if SMALL else 3
 SIZE_RANGE = (32, 64) if SMALL else (128, keras_effv2.get_variant(VARIANT).train_size)
 EVAL_SIZE = 64 if SMALL else keras_effv2.get_variant(VARIANT).eval_size
