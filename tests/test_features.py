@@ -127,7 +127,7 @@ def test_out_indices_selection_and_names(b0_full):
 def test_features_only_loads_weights_by_name(tmp_path, b0_full):
     """features_only shares layer names, so weights saved from the backbone load strictly."""
     backbone = keras_effv2.EfficientNetV2B0(weights=None, include_top=False)
-    for src, dst in zip(b0_full.layers, backbone.layers):  # same weights, no head
+    for src, dst in zip(b0_full.layers, backbone.layers, strict=False):  # no head in dst
         dst.set_weights(src.get_weights())
     path = str(tmp_path / "b0_backbone.weights.h5")
     backbone.save_weights(path)
@@ -144,7 +144,9 @@ def test_features_only_loads_weights_by_name(tmp_path, b0_full):
 
 @pytest.mark.parametrize("variant,size", [
     ("b0", 32),
-    pytest.param("s", 32, marks=[pytest.mark.large] if keras.backend.backend() == "jax" else []),
+    # S: ~70 s on JAX and torch here (timm calibration + our forward); TF runs it by default.
+    pytest.param("s", 32, marks=[pytest.mark.large] if keras.backend.backend() != "tensorflow"
+                 else []),
 ])
 def test_feature_maps_match_timm_features_only(variant, size):
     import torch
@@ -163,7 +165,7 @@ def test_feature_maps_match_timm_features_only(variant, size):
         expected = timm_feats.double().eval()(torch.from_numpy(images.transpose(0, 3, 1, 2))
                                                .double())
     got = feature_extractor(model)(to_backend_layout(images), training=False)
-    for level, ref in zip(LEVELS, expected):
+    for level, ref in zip(LEVELS, expected, strict=True):
         ref = ref.numpy()
         if keras.config.image_data_format() == "channels_last":
             ref = ref.transpose(0, 2, 3, 1)
