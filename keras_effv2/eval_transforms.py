@@ -1,4 +1,4 @@
-"""Evaluation resizing per weight set (timm's eval transform), for ``tf.data`` pipelines.
+"""Evaluation resizing per weight set (timm's eval transform), for ``tf.data`` and PIL images.
 
 A weight set's :class:`~keras_effv2.preprocessing.PreprocessingSpec` says how it was
 evaluated (architecture.md §2.3), at its ``eval_size``:
@@ -15,6 +15,9 @@ Resizing uses the spec's interpolation with antialiasing, and the result is roun
 clipped to ``[0, 255]`` as PIL's uint8 output (which timm evaluates with) is. Normalisation
 is *not* applied: models built with ``include_preprocessing=True`` do it.
 
+:func:`pil_eval_transform` is the same transform on a PIL image with NumPy (no TensorFlow
+needed), as timm's own eval transform does it with PIL.
+
 Example:
     >>> from keras_effv2.eval_transforms import eval_geometry
     >>> eval_geometry(300, 400, 224, crop_pct=0.875)  # (resize_h, resize_w, top, left)
@@ -26,6 +29,8 @@ from __future__ import annotations
 import math
 
 CROP_MODES = ("center", "squash")
+PIL_METHODS = {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "nearest": "NEAREST",
+               "area": "BOX", "lanczos": "LANCZOS"}
 TF_METHODS = {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest",
               "area": "area", "lanczos": "lanczos3"}
 
@@ -92,5 +97,41 @@ def eval_transform_for(weights_spec):
     def transform(image):
         return eval_transform(image, weights_spec.eval_size, pp.crop_pct, pp.crop_mode,
                               pp.interpolation)
+
+    return transform
+
+
+def pil_eval_transform(image, eval_size: int, crop_pct: float = 1.0, crop_mode: str = "center",
+                       interpolation: str = "bicubic"):
+    """:func:`eval_transform` on a PIL image with PIL's resampling (timm's own eval path).
+
+    Returns a float32 ``eval_size x eval_size x 3`` NumPy array in ``[0, 255]``.
+
+    Example:
+        >>> from PIL import Image
+        >>> pil_eval_transform(Image.new("RGB", (400, 300)), 224, 0.875).shape
+        (224, 224, 3)
+    """
+    import numpy as np
+    from PIL import Image
+
+    if interpolation not in PIL_METHODS:
+        raise ValueError(f"interpolation must be one of {sorted(PIL_METHODS)}; "
+                         f"got {interpolation!r}.")
+    image = image.convert("RGB")
+    rh, rw, top, left = eval_geometry(image.height, image.width, eval_size, crop_pct, crop_mode)
+    resample = getattr(Image.Resampling, PIL_METHODS[interpolation])
+    image = image.resize((rw, rh), resample=resample)
+    image = image.crop((left, top, left + eval_size, top + eval_size))
+    return np.asarray(image, dtype="float32")
+
+
+def pil_eval_transform_for(weights_spec):
+    """``pil_image -> pil_eval_transform(pil_image, ...)`` with a ``WeightsSpec``'s settings."""
+    pp = weights_spec.preprocessing
+
+    def transform(image):
+        return pil_eval_transform(image, weights_spec.eval_size, pp.crop_pct, pp.crop_mode,
+                                  pp.interpolation)
 
     return transform

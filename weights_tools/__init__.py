@@ -1,4 +1,4 @@
-"""Developer tools for converting and verifying EfficientNetV2 weights (not in the wheel).
+"""Tools for converting and verifying EfficientNetV2 weights (``keras-effv2 convert``).
 
 Example:
     $ python -m weights_tools convert --source timm --variant s \\
