@@ -17,6 +17,7 @@ from keras_effv2.applications import (
     EfficientNetV2XL,
 )
 from keras_effv2.configs import VARIANTS, VariantSpec, get_variant
+from keras_effv2.features import feature_endpoints, feature_extractor, grad_cam_model
 from keras_effv2.labels import decode_predictions
 from keras_effv2.preprocessing import PreprocessingSpec, preprocess_input
 from keras_effv2.version import __version__
@@ -38,7 +39,10 @@ __all__ = [
     "WEIGHTS",
     "WeightsSpec",
     "decode_predictions",
+    "feature_endpoints",
+    "feature_extractor",
     "get_weights_spec",
+    "grad_cam_model",
     "list_weights",
     "__version__",
     "get_variant",

@@ -44,6 +44,11 @@ Args:
         0 over the blocks. Default 0.2.
     bn_momentum: keyword-only; BatchNormalization momentum (Keras convention). Default 0.9.
     bn_epsilon: keyword-only; BatchNormalization epsilon. Default 1e-3.
+    features_only: keyword-only; return a backbone whose output is a dict of feature maps
+        ``{{"P1": stride 2, ..., "P5": stride 32}}`` (block outputs, before the head conv;
+        see ``keras_effv2.features``). ``include_top`` is ignored. Default False.
+    out_indices: keyword-only; with ``features_only``, the levels to return: ints 0..4
+        (0 = P1, as timm) or names ``"P1"``..``"P5"``. Default: all five.
 
 Returns:
     A ``keras.Model``.
@@ -72,6 +77,8 @@ def _make_constructor(variant: str):
         drop_path_rate=None,
         bn_momentum=0.9,
         bn_epsilon=1e-3,
+        features_only=False,
+        out_indices=None,
     ):
         return build_efficientnetv2(
             spec,
@@ -88,6 +95,8 @@ def _make_constructor(variant: str):
             drop_path_rate=drop_path_rate,
             bn_momentum=bn_momentum,
             bn_epsilon=bn_epsilon,
+            features_only=features_only,
+            out_indices=out_indices,
         )
 
     upper = variant.upper()

@@ -16,6 +16,7 @@ import os
 import keras
 
 from keras_effv2.configs import VariantSpec, get_variant, resolve_blocks
+from keras_effv2.features import feature_extractor, resolve_out_indices
 from keras_effv2.layers import FusedMBConv, InputNormalization, MBConv
 from keras_effv2.layers.blocks import CONV_KERNEL_INITIALIZER
 from keras_effv2.preprocessing import PreprocessingSpec
@@ -98,6 +99,8 @@ def build_efficientnetv2(
     drop_path_rate: float | None = None,
     bn_momentum: float = 0.9,
     bn_epsilon: float = 1e-3,
+    features_only: bool = False,
+    out_indices=None,
 ) -> keras.Model:
     """Build an EfficientNetV2 variant as a functional ``keras.Model``.
 
@@ -124,6 +127,14 @@ def build_efficientnetv2(
         dropout_rate: dropout before the classifier; defaults to the variant's (automl).
         drop_path_rate: stochastic depth of the last block (linear ramp); default 0.2.
         bn_momentum, bn_epsilon: BatchNormalization settings (Keras convention).
+        features_only: return a backbone whose output is a dict of multi-scale maps
+            ``{"P1": stride 2, ..., "P5": stride 32}`` (see ``keras_effv2.features``);
+            ``include_top`` is then ignored and ``pooling`` must be None.
+        out_indices: with ``features_only``, the levels to return: ints ``0..4`` (timm's
+            convention, 0 = P1) or names ``"P1"``..``"P5"``. Default: all five.
+
+    The classifier (``predictions``) always computes in float32, so under a
+    ``mixed_float16``/``mixed_bfloat16`` policy the probabilities are float32.
     """
     spec = get_variant(variant)
     data_format = keras.config.image_data_format()
@@ -148,6 +159,14 @@ def build_efficientnetv2(
     if drop_path_rate is not None and not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"drop_path_rate must be in [0, 1); got {drop_path_rate}.")
     preprocessing = _resolve_preprocessing(include_preprocessing, spec, weights_spec)
+    if features_only:
+        if pooling is not None:
+            raise ValueError(f"features_only=True returns 4D maps; pooling must be None, "
+                             f"got {pooling!r}.")
+        levels = resolve_out_indices(out_indices)
+        include_top = False
+    elif out_indices is not None:
+        raise ValueError("out_indices is only used with features_only=True.")
 
     inputs, source = _model_inputs(input_tensor, _input_shape(input_shape, data_format))
     x = inputs
@@ -191,7 +210,7 @@ def build_efficientnetv2(
             x = keras.layers.Dropout(dropout_rate, name="head_dropout")(x)
         x = keras.layers.Dense(
             classes, activation=classifier_activation, kernel_initializer=DENSE_KERNEL_INITIALIZER,
-            bias_initializer="zeros", name="predictions",
+            bias_initializer="zeros", dtype="float32", name="predictions",
         )(x)
     elif pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
@@ -211,6 +230,8 @@ def build_efficientnetv2(
         load_pretrained(model, weights_spec, load_head=load_head)
     elif weights is not None:
         load_weights_file(model, weights)
+    if features_only:
+        return feature_extractor(model, levels, name=name or f"{spec.model_name}_features")
     return model
 
 

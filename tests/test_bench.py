@@ -1,18 +1,37 @@
-"""Smoke test of the benchmark script: quick mode runs and reports the documented fields."""
+"""Smoke test of the benchmark suite: quick mode runs and writes valid JSON, markdown, PNG."""
 
 import json
+
+import keras
 
 from keras_effv2 import bench
 
 
-def test_bench_quick_reports_the_requested_cases(tmp_path, capsys):
-    out = tmp_path / "bench.json"
+def test_bench_quick_reports_every_contender(tmp_path, capsys):
+    out, md, png = tmp_path / "bench.json", tmp_path / "bench.md", tmp_path / "bench.png"
     # S is skipped here only to keep the JAX leg short; it shares B0's code path.
-    results = bench.main(["--quick", "--cases", "b0_fwd,b0_train", "--json", str(out)])
+    results = bench.main(["--quick", "--cases", "b0_fwd,b0_train", "--json", str(out),
+                          "--markdown", str(md), "--plot", str(png)])
     assert [r["case"] for r in results] == ["b0_fwd", "b0_train"]
+    torch = keras.backend.backend() == "torch"
+    expected = {"b0_fwd": ["keras_apps", "ours", "ours_fast"], "b0_train": ["keras_apps", "ours"]}
     for r in results:
+        kinds = expected[r["case"]] + (["timm"] if torch else [])
+        assert list(r["img_s"]) == kinds
         assert r["size"] == bench.QUICK_SIZE and r["batch"] == bench.QUICK_BATCH
-        assert r["ours_img_s"] > 0 and r["keras_apps_img_s"] > 0
-        assert r["ratio"] > 0 and len(r["ratios"]) == r["repeats"]
+        assert r["repeats"] == 1 and all(v > 0 for v in r["img_s"].values())
+        assert r["ratio_vs_keras_apps"]["keras_apps"] == 1.0
+        assert r["ratio"] == r["ratio_vs_keras_apps"]["ours"] > 0
+        assert ("ratio_vs_timm" in r) == torch
     assert json.loads(out.read_text()) == results
-    assert "ratio" in capsys.readouterr().out
+    lines = md.read_text().splitlines()
+    assert lines[0].startswith("| backend |") and len(lines) == 2 + 5 + (2 if torch else 0)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "vs k.apps" in capsys.readouterr().out
+
+
+def test_memory_probe_reports_peak_rss_of_a_fresh_process():
+    report = bench.memory_probe("ours", "b0_fwd", quick=True)
+    # A Keras process with a model is well above 100 MB; the forward adds a little.
+    assert 100 < report["peak_rss_mb"] < 20000
+    assert 0 <= report["forward_rss_mb"] < report["peak_rss_mb"]

@@ -1,0 +1,80 @@
+"""Fast inference path: the same function as the model, computed with fewer, cheaper ops.
+
+``optimize_for_inference(model)`` folds every BatchNorm into its convolution
+(:func:`fuse_batchnorm`) and lays the graph out in the data format measured fastest on the
+current backend (``FAST_DATA_FORMAT``); inputs and outputs keep the original layout.
+``make_predictor(model)`` returns ``f(images) -> np.ndarray`` running the model the
+fastest measured way on this backend (``predict_on_batch`` compiled without XLA on
+TensorFlow, jitted on JAX, ``torch.inference_mode`` on torch).
+
+Example:
+    >>> import numpy as np, keras_effv2
+    >>> from keras_effv2.fast import make_predictor, optimize_for_inference
+    >>> model = keras_effv2.EfficientNetV2B0(weights=None, input_shape=(64, 64, 3))
+    >>> predict = make_predictor(optimize_for_inference(model))
+    >>> predict(np.zeros((2, 64, 64, 3), "float32")).shape
+    (2, 1000)
+"""
+
+from __future__ import annotations
+
+import keras
+
+from keras_effv2.fast.fuse import fold_conv_bn, fuse_batchnorm
+
+# Inner layout per backend, chosen by measurement (keras_effv2.bench, README "Benchmarks"):
+# Keras-on-torch transposes NHWC<->NCHW around every convolution, channels_first avoids it.
+FAST_DATA_FORMAT = {"tensorflow": "channels_last", "jax": "channels_last",
+                    "torch": "channels_first"}
+# Depthwise conv implementation per backend on CPU: XLA's grouped conv is a slow generic loop
+# on CPU (JAX B0 forward 13 -> 36 img/s with "shift"); accelerators keep the library conv.
+FAST_DEPTHWISE = {"tensorflow": "conv", "jax": "shift", "torch": "conv"}
+# XLA on CPU measured slower than TF's graph mode for these convnets: keep it off.
+FAST_JIT_COMPILE = {"tensorflow": False, "jax": True, "torch": False}
+
+
+def _on_accelerator() -> bool:
+    try:
+        devices = keras.distribution.list_devices()
+    except Exception:  # a backend without device listing: assume CPU
+        return False
+    return bool(devices) and not str(devices[0]).lower().startswith("cpu")
+
+
+def optimize_for_inference(model: keras.Model, data_format: str | None = "auto",
+                           depthwise: str = "auto") -> keras.Model:
+    """BN-folded copy of ``model`` in the backend's fastest measured form.
+
+    Args:
+        model: a keras_effv2 model.
+        data_format: inner layout; ``"auto"`` = ``FAST_DATA_FORMAT[backend]``, ``None`` keeps
+            the model's.
+        depthwise: ``"conv"``, ``"shift"`` or ``"auto"`` (``FAST_DEPTHWISE[backend]`` on CPU,
+            ``"conv"`` on an accelerator). ``"shift"`` needs a model with a fixed input size.
+    """
+    backend = keras.backend.backend()
+    if data_format == "auto":
+        data_format = FAST_DATA_FORMAT.get(backend)
+    if depthwise == "auto":
+        static = all(d is not None for d in model.inputs[0].shape[1:])
+        depthwise = ("conv" if _on_accelerator() or not static
+                     else FAST_DEPTHWISE.get(backend, "conv"))
+    return fuse_batchnorm(model, data_format=data_format, depthwise=depthwise)
+
+
+def make_predictor(model: keras.Model, compile: bool = False):
+    """Return ``f(images) -> np.ndarray``: the backend's fastest measured inference call.
+
+    ``compile=True`` on torch wraps the call in ``torch.compile`` (long first call).
+    """
+    backend = keras.backend.backend()
+    if backend == "torch":
+        from keras_effv2.fast import _torch
+
+        return _torch.predictor(model, compile=compile)
+    model.jit_compile = FAST_JIT_COMPILE.get(backend, False)
+    return model.predict_on_batch
+
+
+__all__ = ["FAST_DATA_FORMAT", "FAST_DEPTHWISE", "FAST_JIT_COMPILE", "fold_conv_bn",
+           "fuse_batchnorm", "make_predictor", "optimize_for_inference"]

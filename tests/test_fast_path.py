@@ -1,0 +1,167 @@
+"""The fast inference path computes the same function; training neither retraces nor syncs."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from helpers import random_images, to_numpy
+
+import keras_effv2
+from keras_effv2.fast import fuse_batchnorm, make_predictor, optimize_for_inference
+from keras_effv2.fast.layers import ShiftDepthwiseConv2D
+from keras_effv2.layers import MBConv
+
+TOL = 1e-4
+
+
+def randomize_batchnorm(model, seed=0):
+    """Non-trivial BN statistics and affines, small enough that activations stay O(1)."""
+    rng = np.random.default_rng(seed)
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.gamma.assign(rng.uniform(0.2, 0.5, c).astype("float32"))
+            layer.beta.assign(rng.normal(0, 0.2, c).astype("float32"))
+            layer.moving_mean.assign(rng.normal(0, 0.3, c).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.3, 2.0, c).astype("float32"))
+    return model
+
+
+def _infer(model, x):
+    """Inference-mode output; jitted on JAX (its op-by-op first call compiles every op)."""
+    if keras.backend.backend() == "jax":
+        return to_numpy(model.predict_on_batch(x))
+    return _infer(model, x)
+
+
+def _all_layers(model):
+    return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+def _count(model, cls):
+    return sum(type(layer) is cls for layer in _all_layers(model))
+
+
+def test_b0_with_top_fused_logits_match_in_every_layout():
+    model = randomize_batchnorm(keras_effv2.EfficientNetV2B0(
+        weights=None, input_shape=(48, 48, 3), classifier_activation=None))
+    x = random_images(2, 48)
+    ref = _infer(model, x)
+    assert np.abs(ref).max() > 0.05  # the comparison below is not between near-zeros
+    n_conv = _count(model, keras.layers.Conv2D)
+    n_dw = _count(model, keras.layers.DepthwiseConv2D)
+    for data_format, depthwise in [("channels_last", "conv"), ("channels_first", "conv"),
+                                   ("channels_last", "shift")]:
+        fused = fuse_batchnorm(model, data_format=data_format, depthwise=depthwise)
+        assert _count(fused, keras.layers.BatchNormalization) == 0
+        # Every conv survives once (SE convs included), now all with a bias.
+        assert _count(fused, keras.layers.Conv2D) == n_conv
+        dw_cls = ShiftDepthwiseConv2D if depthwise == "shift" else keras.layers.DepthwiseConv2D
+        assert _count(fused, dw_cls) == n_dw
+        out = _infer(fused, x)
+        assert out.shape == ref.shape
+        assert np.abs(out - ref).max() <= TOL, (data_format, depthwise)
+
+
+def test_s_without_top_feature_map_matches():
+    x = random_images(2, 32, seed=1)
+    model = randomize_batchnorm(keras_effv2.EfficientNetV2S(
+        weights=None, include_top=False, input_shape=(32, 32, 3)), seed=2)
+    ref = _infer(model, x)
+    fused = fuse_batchnorm(model, data_format="channels_first")
+    out = _infer(fused, x)
+    assert out.shape == ref.shape == (2, 1, 1, 1280)
+    assert np.abs(out - ref).max() <= TOL
+
+
+def test_channels_first_model_keeps_its_layout():
+    keras.config.set_image_data_format("channels_first")
+    model = randomize_batchnorm(keras_effv2.EfficientNetV2B0(
+        weights=None, input_shape=(3, 32, 32), classifier_activation=None), seed=3)
+    x = np.ascontiguousarray(random_images(2, 32, seed=3).transpose(0, 3, 1, 2))
+    ref = _infer(model, x)
+    for data_format in ("channels_first", "channels_last"):
+        out = _infer(fuse_batchnorm(model, data_format=data_format), x)
+        assert np.abs(out - ref).max() <= TOL
+
+
+def test_fused_after_loading_weights_and_predictor(tmp_path):
+    source = randomize_batchnorm(keras_effv2.EfficientNetV2B0(
+        weights=None, input_shape=(32, 32, 3), classifier_activation=None), seed=4)
+    path = str(tmp_path / "b0.weights.h5")
+    source.save_weights(path)
+    loaded = keras_effv2.EfficientNetV2B0(weights=path, input_shape=(32, 32, 3),
+                                          classifier_activation=None)
+    x = random_images(3, 32, seed=4)
+    ref = _infer(source, x)
+    fast = optimize_for_inference(loaded)
+    out = make_predictor(fast)(x)
+    assert out.shape == (3, 1000)
+    assert np.abs(out - ref).max() <= TOL
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_shift_depthwise_matches_depthwise_conv(data_format):
+    rng = np.random.default_rng(5)
+    for k, s, size in [(3, 1, 9), (3, 2, 10), (5, 2, 11)]:
+        shape = (2, size, size, 4) if data_format == "channels_last" else (2, 4, size, size)
+        x = rng.normal(size=shape).astype("float32")
+        ref_layer = keras.layers.DepthwiseConv2D(k, s, padding="same", data_format=data_format)
+        ref = to_numpy(ref_layer(x))
+        layer = ShiftDepthwiseConv2D(k, s, data_format)
+        layer.build(shape)
+        layer.set_weights(ref_layer.get_weights())
+        out = to_numpy(layer(x))
+        assert out.shape == ref.shape == layer.compute_output_shape(shape)
+        np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_fuse_rejects_bad_input():
+    model = keras_effv2.EfficientNetV2B0(weights=None, input_shape=(32, 32, 3))
+    with pytest.raises(ValueError, match="data_format"):
+        fuse_batchnorm(model, data_format="nhwc")
+    with pytest.raises(ValueError, match="depthwise"):
+        fuse_batchnorm(model, depthwise="winograd")
+    inputs = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(4, 1)(inputs)
+    branchy = keras.Model(inputs, keras.layers.Add()([a, keras.layers.Conv2D(4, 1)(inputs)]))
+    with pytest.raises(ValueError, match="chain"):
+        fuse_batchnorm(branchy)
+
+
+def _count_calls(layer):
+    """Replace ``layer.call`` by a counting wrapper; returns the counter list."""
+    calls = []
+    original = layer.call
+
+    def call(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    layer.call = call
+    return calls
+
+
+def test_training_steps_do_not_retrace():
+    """Constant shapes: the train step is traced once (TF/JAX) or run once per step (torch)."""
+    model = keras_effv2.EfficientNetV2B0(weights=None, input_shape=(None, None, 3), classes=10)
+    # XLA is off on TF (slower on CPU, see keras_effv2.fast.FAST_JIT_COMPILE); the retrace
+    # behaviour under test is tf.function's / jax.jit's and is the same either way.
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                  jit_compile=keras.backend.backend() == "jax")
+    block = next(layer for layer in model.layers if isinstance(layer, MBConv))
+    calls = _count_calls(block)
+    x, y = random_images(2, 32), np.array([1, 2])
+    model.train_on_batch(x, y)
+    after_first = len(calls)
+    assert after_first >= 1
+    for _ in range(3):
+        model.train_on_batch(x, y)
+    eager = keras.backend.backend() == "torch"
+    assert len(calls) == (after_first + 3 if eager else after_first)
+    # A new image size (a progressive-learning stage) compiles at most once more.
+    x2 = random_images(2, 48)
+    for _ in range(3):
+        model.train_on_batch(x2, y)
+    assert len(calls) <= (after_first + 6 if eager else 2 * after_first)
