@@ -389,20 +389,22 @@ plt.show()'''),
 TRANSFER = header(
     "02_transfer_learning", "Transfer learning with progressive learning",
     "Fine-tune an ImageNet-pretrained EfficientNetV2 on "
-    "[Oxford Flowers-102](https://www.tensorflow.org/datasets/catalog/oxford_flowers102) in "
-    "two phases: first train only the new 102-class head on a frozen backbone, then unfreeze "
-    "the backbone (BatchNorm stays frozen: small batches would spoil its statistics) and "
-    "train with **progressive learning** (Tan & Le, 2021, §4): the image size grows stage by "
-    "stage, and regularisation (dropout, RandAugment strength, mixup) grows with it. Plots "
-    "show loss, accuracy and the image size of every epoch.\n\n"
+    "[Oxford Flowers-102](https://www.tensorflow.org/datasets/catalog/oxford_flowers102) "
+    "(train+validation for training, test for evaluation, as in the paper) with "
+    "`keras_effv2.training`, in two phases: first train only the new 102-class head on a "
+    "frozen backbone, then unfreeze the backbone (BatchNorm stays frozen: small batches would "
+    "spoil its statistics) and train with **progressive learning** (Tan & Le, 2021, §4): the "
+    "image size grows stage by stage, and regularisation (dropout, RandAugment, mixup) grows "
+    "with it. Plots show loss, accuracy and the image size of every epoch.\n\n"
     "The data pipeline is `tf.data` (TensorFlow Datasets), so TensorFlow must be installed; "
     "the model trains on whichever Keras backend the first cell picks. A GPU runtime is "
-    "recommended on Colab.",
+    "recommended on Colab. The same recipe runs from a terminal with `keras-effv2 train`.",
     packages=(("keras_effv2", "keras-effv2"), ("tensorflow_datasets", "tensorflow-datasets")),
     extra_note=" and tensorflow-datasets",
 ) + [
     new_code_cell('''\
 import contextlib
+import dataclasses
 import math
 
 import keras
@@ -412,6 +414,16 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import keras_effv2
+from keras_effv2.training import (
+    ProgressiveSchedule,
+    eval_dataset,
+    freeze_backbone,
+    load_dataset,
+    progressive_fit,
+    set_bn_trainable,
+    train_dataset,
+    unfreeze,
+)
 
 # KERAS_EFFV2_NOTEBOOK_MOCK_DATA=1 (set by the project's tests, offline) replaces the download
 # with random images of the dataset's format (tfds.testing.mock_data); accuracy is then chance.
@@ -421,95 +433,46 @@ BACKEND = keras.backend.backend()
 keras.utils.set_random_seed(0)
 print(f"Keras {keras.__version__} on {BACKEND}; mock data: {MOCK}")'''),
     new_code_cell('''\
-data = tfds.testing.mock_data(num_examples=16) if MOCK else contextlib.nullcontext()
-with data:
-    (train_raw, val_raw), info = tfds.load("oxford_flowers102", split=["train", "validation"],
-                                           as_supervised=True, with_info=True)
-    train_raw, val_raw = train_raw.cache(), val_raw.cache()
-    NUM_TRAIN = sum(1 for _ in train_raw)  # reads (and caches) the split once
-    NUM_VAL = sum(1 for _ in val_raw)
-NUM_CLASSES = info.features["label"].num_classes
-print(f"{NUM_CLASSES} classes, {NUM_TRAIN} training and {NUM_VAL} validation images")'''),
+with tfds.testing.mock_data(num_examples=16) if MOCK else contextlib.nullcontext():
+    splits = load_dataset("oxford_flowers102")
+    if MOCK:  # materialise the mock examples while the mock is active
+        splits = dataclasses.replace(splits, train=splits.train.cache(),
+                                     test=splits.test.cache())
+        for _ in splits.train.concatenate(splits.test):
+            pass
+print(f"{splits.num_classes} classes, {splits.train_examples} training and "
+      f"{splits.test_examples} test images")'''),
     new_markdown_cell(
-        "## The plan\n\nPhase 1 trains the head at the final size. Phase 2 splits its epochs "
-        "into stages; stage *i* of *N* interpolates linearly from the first to the last "
-        "setting, as in the paper's Algorithm 1."),
+        "## The plan\n\nPhase 1 trains the head at the final size. Phase 2 runs a "
+        "`ProgressiveSchedule`: stage *i* of *N* interpolates linearly from the first to the "
+        "last setting (the paper's Algorithm 1)."),
     new_code_cell('''\
 VARIANT = "b0"
 BATCH = 8 if SMALL else 32
 HEAD_EPOCHS = 1 if SMALL else 3
-STAGES = 2 if SMALL else 4
-EPOCHS_PER_STAGE = 1 if SMALL else 3
-SIZE_RANGE = (32, 64) if SMALL else (128, keras_effv2.get_variant(VARIANT).train_size)
+EPOCHS = 2 if SMALL else 12  # phase 2, split evenly over the stages
+STEPS = 2 if SMALL else splits.train_examples // BATCH
 EVAL_SIZE = 64 if SMALL else keras_effv2.get_variant(VARIANT).eval_size
-DROPOUT_RANGE = (0.1, 0.3)
-RANDAUG_RANGE = (0.1, 0.5)  # keras.layers.RandAugment factor (strength)
-MIXUP_RANGE = (0.0, 0.2)  # Beta(alpha, alpha); 0 disables mixup
-
-
-def lerp(lo, hi, i, n):
-    return lo + (hi - lo) * (i / max(n - 1, 1))
-
-
-plan = [{"stage": i + 1,
-         "size": int(round(lerp(*SIZE_RANGE, i, STAGES) / 8) * 8),
-         "dropout": lerp(*DROPOUT_RANGE, i, STAGES),
-         "randaug": lerp(*RANDAUG_RANGE, i, STAGES),
-         "mixup": lerp(*MIXUP_RANGE, i, STAGES)} for i in range(STAGES)]
-for p in plan:
-    print(p)'''),
-    new_markdown_cell(
-        "## Input pipelines\n\nImages stay RGB in [0, 255]: the model normalises inside, with "
-        "the statistics of the weight set it loaded. Training: random crop and flip, "
-        "RandAugment, one-hot labels with optional mixup. Evaluation: resize and center crop."),
-    new_code_cell('''\
-def train_pipeline(size, randaug, mixup):
-    augment = keras.layers.RandAugment(value_range=(0, 255), factor=randaug, seed=0)
-
-    def crop(image, label):
-        image = tf.image.resize(tf.cast(image, tf.float32), (int(size * 1.15),) * 2)
-        image = tf.image.random_crop(image, (size, size, 3))
-        return tf.image.random_flip_left_right(image), tf.one_hot(label, NUM_CLASSES)
-
-    def mix(images, labels):
-        if mixup <= 0:
-            return images, labels
-        a = tf.random.gamma([tf.shape(images)[0]], mixup)
-        b = tf.random.gamma([tf.shape(images)[0]], mixup)
-        lam = a / (a + b)
-        perm = tf.random.shuffle(tf.range(tf.shape(images)[0]))
-        mixed = (lam[:, None, None, None] * images
-                 + (1 - lam[:, None, None, None]) * tf.gather(images, perm))
-        return mixed, lam[:, None] * labels + (1 - lam[:, None]) * tf.gather(labels, perm)
-
-    return (train_raw.shuffle(NUM_TRAIN, seed=0).map(crop, num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(BATCH, drop_remainder=True)
-            .map(lambda x, y: (augment(x, training=True), y))
-            .map(mix).prefetch(tf.data.AUTOTUNE))
-
-
-def eval_pipeline(size):
-    def prep(image, label):
-        image = tf.image.resize(tf.cast(image, tf.float32), (int(size / 0.875),) * 2)
-        image = tf.image.resize_with_crop_or_pad(image, size, size)
-        return image, tf.one_hot(label, NUM_CLASSES)
-
-    return val_raw.map(prep).batch(BATCH).prefetch(tf.data.AUTOTUNE)
-
-
-val_ds = eval_pipeline(EVAL_SIZE)
-STEPS_PER_EPOCH = NUM_TRAIN // BATCH'''),
+schedule = ProgressiveSchedule(
+    num_stages=2 if SMALL else 4,
+    image_size=(32, 64) if SMALL else (128, keras_effv2.get_variant(VARIANT).train_size),
+    randaug_magnitude=(5, 15), mixup_alpha=(0.0, 0.2), dropout_rate=(0.1, 0.3),
+    name="flowers")
+stages = schedule.stages()
+for stage in stages:
+    print(stage.to_dict())
+# Validation after every epoch on (a part of) the test split; the full test split at the end.
+val_splits = splits if SMALL else dataclasses.replace(splits, test=splits.test.take(1024))
+val_ds = eval_dataset(val_splits, EVAL_SIZE, BATCH)'''),
     new_markdown_cell(
         "## Phase 1: a new head on a frozen backbone\n\n`classes=102` keeps the pretrained "
-        "backbone and starts a fresh classifier. Every layer but the head is frozen; in Keras 3 "
-        "a frozen BatchNormalization also runs in inference mode."),
+        "backbone and starts a fresh classifier; `freeze_backbone` leaves only the head "
+        "trainable (in Keras 3 a frozen BatchNormalization also runs in inference mode). "
+        "Images stay RGB in [0, 255]: the model normalises inside, with the statistics of "
+        "the weight set it loaded."),
     new_code_cell('''\
-model = keras_effv2.EfficientNetV2(VARIANT, weights="imagenet", classes=NUM_CLASSES)
-HEAD = ("head_dropout", "predictions")
-for layer in model.layers:
-    layer.trainable = layer.name in HEAD
-print(f"trainable weights: {sum(int(np.prod(w.shape)) for w in model.trainable_weights):,} "
-      f"of {model.count_params():,}")
+model = keras_effv2.EfficientNetV2(VARIANT, weights="imagenet", classes=splits.num_classes)
+print("trainable:", freeze_backbone(model))
 
 
 def snapshot(name, index=0):
@@ -518,60 +481,41 @@ def snapshot(name, index=0):
 
 stem_before, stem_bn_mean = snapshot("stem_conv"), snapshot("stem_bn", 2)
 loss = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)
-metrics = [keras.metrics.CategoricalAccuracy(name="acc")]
+metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
 model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-5), loss=loss,
               metrics=metrics)
-records = []
-
-
-def fit_stage(phase, stage, epochs):
-    ds = train_pipeline(stage["size"], stage["randaug"], stage["mixup"])
-    h = model.fit(ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=STEPS_PER_EPOCH,
-                  verbose=2)
-    for e in range(epochs):
-        records.append({"phase": phase, **stage,
-                        **{k: float(v[e]) for k, v in h.history.items()}})
-
-
-fit_stage(1, {**plan[-1], "stage": 0, "randaug": RANDAUG_RANGE[0], "mixup": 0.0}, HEAD_EPOCHS)
+head = model.fit(train_dataset(splits, stages[-1], BATCH), epochs=HEAD_EPOCHS,
+                 steps_per_epoch=STEPS, validation_data=val_ds, verbose=2)
 assert np.array_equal(stem_before, snapshot("stem_conv")), "the frozen backbone changed"'''),
     new_markdown_cell(
         "## Phase 2: unfreeze, then progressive learning\n\nEverything trains except "
-        "BatchNorm, at a lower learning rate with cosine decay over all of phase 2. Each stage "
-        "sets its dropout rate and recompiles (Keras reads the rate and `trainable` when it "
-        "builds the train step); one optimizer carries over, so the schedule continues."),
+        "BatchNorm, at a lower learning rate with cosine decay over all of phase 2. "
+        "`progressive_fit` builds each stage's data (size, RandAugment, mixup), sets the "
+        "stage's dropout rate and rebuilds the train step once per stage."),
     new_code_cell('''\
-for layer in model.layers:
-    layer.trainable = True
-frozen_bn = 0
-for layer in model._flatten_layers(include_self=False, recursive=True):
-    if isinstance(layer, keras.layers.BatchNormalization):
-        layer.trainable = False
-        frozen_bn += 1
-print(f"{frozen_bn} BatchNormalization layers stay frozen")
-decay_steps = STAGES * EPOCHS_PER_STAGE * STEPS_PER_EPOCH
+unfreeze(model)
+print(set_bn_trainable(model, False), "BatchNormalization layers stay frozen")
 optimizer = keras.optimizers.AdamW(
-    keras.optimizers.schedules.CosineDecay(2e-4, decay_steps, warmup_target=None),
-    weight_decay=1e-5)
-for stage in plan:
-    model.get_layer("head_dropout").rate = stage["dropout"]
-    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
-    print(f"--- stage {stage['stage']}: {stage['size']}px, dropout {stage['dropout']:.2f}, "
-          f"RandAugment {stage['randaug']:.2f}, mixup {stage['mixup']:.2f}")
-    fit_stage(2, stage, EPOCHS_PER_STAGE)
-
+    keras.optimizers.schedules.CosineDecay(2e-4, EPOCHS * STEPS), weight_decay=1e-5)
+model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+result = progressive_fit(model, lambda stage: train_dataset(splits, stage, BATCH), schedule,
+                         epochs=EPOCHS, steps_per_epoch=STEPS,
+                         validation_fn=lambda stage: val_ds, verbose=2)
 assert not np.array_equal(stem_before, snapshot("stem_conv")), "phase 2 did not train"
 assert np.array_equal(stem_bn_mean, snapshot("stem_bn", 2)), "frozen BN statistics moved"
-assert all(math.isfinite(r["loss"]) and math.isfinite(r["val_loss"]) for r in records)'''),
+history = {k: head.history[k] + result.history[k]
+           for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+sizes = [stages[-1].image_size] * HEAD_EPOCHS + result.history["image_size"]
+assert all(math.isfinite(v) for v in history["loss"] + history["val_loss"])'''),
     new_code_cell('''\
-epochs = np.arange(1, len(records) + 1)
+epochs = np.arange(1, len(sizes) + 1)
 unfrozen = HEAD_EPOCHS + 0.5
 fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-for key, ax, title in (("loss", axes[0], "loss"), ("acc", axes[1], "accuracy")):
-    ax.plot(epochs, [r[key] for r in records], "o-", label="train")
-    ax.plot(epochs, [r[f"val_{key}"] for r in records], "s-", label=f"validation @{EVAL_SIZE}px")
-    ax.set(title=title, xlabel="epoch")
-axes[2].step(epochs, [r["size"] for r in records], where="mid", color="tab:green")
+for key, ax in (("loss", axes[0]), ("accuracy", axes[1])):
+    ax.plot(epochs, history[key], "o-", label="train")
+    ax.plot(epochs, history[f"val_{key}"], "s-", label=f"test @{EVAL_SIZE}px")
+    ax.set(title=key, xlabel="epoch")
+axes[2].step(epochs, sizes, where="mid", color="tab:green")
 axes[2].set(title="training image size", xlabel="epoch", ylabel="px")
 for ax in axes:
     ax.axvline(unfrozen, color="grey", ls="--", lw=0.8)
@@ -582,13 +526,12 @@ fig.suptitle(f"EfficientNetV2-{VARIANT.upper()} on Flowers-102 ({BACKEND}): phas
 fig.tight_layout()
 plt.show()'''),
     new_code_cell('''\
-val_loss, val_acc = model.evaluate(val_ds, verbose=0)
-print(f"validation at {EVAL_SIZE}px: loss {val_loss:.3f}, accuracy {val_acc:.2%} "
-      f"(chance {1 / NUM_CLASSES:.2%})")
-print(f"{'phase':>5} {'stage':>5} {'size':>5} {'loss':>7} {'val_acc':>8}")
-for r in records:
-    print(f"{r['phase']:>5} {r['stage']:>5} {r['size']:>5} {r['loss']:7.3f} "
-          f"{r['val_acc']:8.2%}")'''),
+test_loss, test_acc = model.evaluate(eval_dataset(splits, EVAL_SIZE, BATCH), verbose=0)
+print(f"test at {EVAL_SIZE}px: loss {test_loss:.3f}, accuracy {test_acc:.2%} "
+      f"(chance {1 / splits.num_classes:.2%})")
+for record in result.stages:
+    print({k: record[k] for k in ("index", "image_size", "dropout_rate", "randaug_magnitude",
+                                  "mixup_alpha", "epochs")})'''),
 ]
 
 NOTEBOOKS = {
