@@ -263,8 +263,6 @@ FEATURES = header(
     "backend is active.\n\n" + PHOTOS_NOTE,
 ) + [
     new_code_cell('''\
-import re
-
 import keras
 import matplotlib.pyplot as plt
 import numpy as np
@@ -272,6 +270,7 @@ from PIL import Image
 
 import keras_effv2
 from keras_effv2.eval_transforms import pil_eval_transform_for
+from keras_effv2.features import feature_extractor, grad_cam_model, model_feature_endpoints
 from keras_effv2.samples import sample_image_paths
 
 BACKEND = keras.backend.backend()
@@ -283,17 +282,21 @@ photos = {n: Image.open(p).convert("RGB") for n, p in sample_image_paths().items
 batch = np.stack([transform(im) for im in photos.values()])
 print(f"{spec.key} on {BACKEND}, {batch.shape}")'''),
     new_markdown_cell(
-        "Blocks are named `s{stage}_b{index:02d}`; the last block of each stage gives one "
-        "scale, and `head_act` is the final 1x1-conv feature map the classifier pools."),
+        "`keras_effv2.features` names the pyramid levels P1..P5 (the last block at each stride "
+        "2..32, as timm's `feature_info`; blocks are named `s{stage}_b{index:02d}`) and builds "
+        "a model returning them, sharing the classifier's weights. `grad_cam_model` adds "
+        "`head_act`, the final 1x1-conv feature map the classifier pools."),
     new_code_cell('''\
-blocks = [layer.name for layer in model.layers if re.fullmatch(r"s\\d+_b\\d\\d", layer.name)]
-stage_ends = [b for i, b in enumerate(blocks)
-              if i + 1 == len(blocks) or blocks[i + 1][:3] != b[:3]]
-names = stage_ends + ["head_act"]
-features = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
-maps = [np.asarray(m) for m in features.predict(batch, verbose=0)]
+endpoints = model_feature_endpoints(model)
+for e in endpoints:
+    print(f"{e.level}: {e.layer:>7}  stride {e.reduction:>2}  {e.channels:>4} channels")
+pyramid = feature_extractor(model)  # {"P1": ..., "P5": ...}
+levels = {k: np.asarray(v) for k, v in pyramid.predict(batch, verbose=0).items()}
+cam_outputs = grad_cam_model(model).predict(batch, verbose=0)  # head_act and logits
+names = [f"{e.level} {e.layer}" for e in endpoints] + ["head_act"]
+maps = [levels[e.level] for e in endpoints] + [np.asarray(cam_outputs["head_act"])]
 for name, m in zip(names, maps):
-    print(f"{name:>9}: {m.shape[1:]}  stride {batch.shape[1] // m.shape[1]}")'''),
+    print(f"{name:>12}: {m.shape[1:]}  stride {batch.shape[1] // m.shape[1]}")'''),
     new_code_cell('''\
 fig, axes = plt.subplots(len(photos), len(names) + 1, figsize=(2.2 * (len(names) + 1),
                                                                 2.4 * len(photos)))
