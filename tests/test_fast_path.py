@@ -32,7 +32,7 @@ def _infer(model, x):
     """Inference-mode output; jitted on JAX (its op-by-op first call compiles every op)."""
     if keras.backend.backend() == "jax":
         return to_numpy(model.predict_on_batch(x))
-    return _infer(model, x)
+    return to_numpy(model(x, training=False))
 
 
 def _all_layers(model):
