@@ -7,11 +7,12 @@
 #
 #   OUT=/tmp/gpu bash bench/gpu.sh            # the GPU run (run from the repository root)
 #   QUICK=1 OUT=/tmp/gpu bash bench/gpu.sh    # smoke test: 64 px, batch 2, 1 round (CPU ok)
+#   BACKENDS="torch jax" ... picks backends; PER_BACKEND / CASE_TIMEOUT set the time guards.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/gpu}
 mkdir -p "$OUT"
-PER_BACKEND=${PER_BACKEND:-150}
+PER_BACKEND=${PER_BACKEND:-140}
 CASE_TIMEOUT=${CASE_TIMEOUT:-15}
 PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -34,7 +35,7 @@ probe() {  # does this backend import and see its accelerator?
 }
 
 : > "$OUT/gpu.md"
-for b in torch tensorflow jax; do
+for b in ${BACKENDS:-torch tensorflow jax}; do
   echo "=== $b"
   if ! seen=$(probe "$b" 2>&1); then
     echo "$b: does not import here, skipped" | tee -a "$OUT/gpu.md"; continue

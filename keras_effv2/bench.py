@@ -119,7 +119,8 @@ def _data(size: int, batch: int):
 
 def run_case(name: str, case: Case, repeats: int, iters: int, warmup: int, quick: bool = False,
              jit: str = "auto", precision: str = "float32", torch_compile: bool = False,
-             memory: bool = False, case_timeout: float | None = None) -> dict:
+             memory: bool = False, case_timeout: float | None = None,
+             threads: int | None = None) -> dict:
     """Time every contender of one case; medians of images/s and of per-round ratios."""
     size, batch = (QUICK_SIZE, QUICK_BATCH) if quick else (case.size, case.batch)
     x, y = _data(size, batch)
@@ -156,7 +157,7 @@ def run_case(name: str, case: Case, repeats: int, iters: int, warmup: int, quick
     if memory and case.mode == "forward":
         result["peak_rss_mb"], result["forward_rss_mb"] = {}, {}
         for kind in kinds:
-            probe = memory_probe(kind, name, quick, jit, precision)
+            probe = memory_probe(kind, name, quick, jit, precision, threads)
             result["peak_rss_mb"][kind] = probe["peak_rss_mb"]
             result["forward_rss_mb"][kind] = probe["forward_rss_mb"]
     # Backward-compatible summary fields (ours vs keras.applications).
@@ -192,13 +193,14 @@ def _probe_main(kind: str, case_name: str, quick: bool, jit: str, precision: str
 
 
 def memory_probe(kind: str, case_name: str, quick: bool = False, jit: str = "auto",
-                 precision: str = "float32") -> dict:
+                 precision: str = "float32", threads: int | None = None) -> dict:
     """Run :func:`_probe_main` in a fresh subprocess (same backend) and return its report.
 
     The first forward (compilation included) is measured, as a user's first call is.
     """
     args = [sys.executable, "-m", "keras_effv2.bench", "--probe", kind, "--cases", case_name,
             "--jit", jit, "--precision", precision] + (["--quick"] if quick else [])
+    args += ["--threads", str(threads)] if threads else []
     out = subprocess.run(args, capture_output=True, text=True, check=False)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode != 0 or not lines:
@@ -323,17 +325,17 @@ def main(argv=None) -> list[dict]:
         return []
     repeats, iters, warmup = (1, 1, 1) if args.quick else (args.repeats, args.iters, args.warmup)
     results = []
-    for precision in precisions:
-        keras.mixed_precision.set_global_policy(PRECISIONS[precision])
-        try:
-            for name in names:
+    for name in names:
+        for precision in precisions:
+            keras.mixed_precision.set_global_policy(PRECISIONS[precision])
+            try:
                 results.append(run_case(name, CASES[name], repeats, iters, warmup, args.quick,
                                         args.jit, precision, args.torch_compile, args.memory,
-                                        args.case_timeout))
-                print(format_table(results[-1:]), flush=True)
-                _write_outputs(results, args, plot_too=False)  # partial results survive a kill
-        finally:
-            keras.mixed_precision.set_global_policy("float32")
+                                        args.case_timeout, args.threads))
+            finally:
+                keras.mixed_precision.set_global_policy("float32")
+            print(format_table(results[-1:]), flush=True)
+            _write_outputs(results, args, plot_too=False)  # partial results survive a kill
     print(format_table(results))
     _write_outputs(results, args, plot_too=True)
     return results

@@ -32,7 +32,7 @@ def _infer(model, x):
     """Inference-mode output; jitted on JAX (its op-by-op first call compiles every op)."""
     if keras.backend.backend() == "jax":
         return to_numpy(model.predict_on_batch(x))
-    return _infer(model, x)
+    return to_numpy(model(x, training=False))
 
 
 def _all_layers(model):
@@ -156,12 +156,12 @@ def test_training_steps_do_not_retrace():
     model.train_on_batch(x, y)
     after_first = len(calls)
     assert after_first >= 1
-    for _ in range(3):
+    for _ in range(2):
         model.train_on_batch(x, y)
     eager = keras.backend.backend() == "torch"
-    assert len(calls) == (after_first + 3 if eager else after_first)
+    assert len(calls) == (after_first + 2 if eager else after_first)
     # A new image size (a progressive-learning stage) compiles at most once more.
     x2 = random_images(2, 48)
-    for _ in range(3):
+    for _ in range(2):
         model.train_on_batch(x2, y)
-    assert len(calls) <= (after_first + 6 if eager else 2 * after_first)
+    assert len(calls) <= (after_first + 4 if eager else 2 * after_first)
