@@ -25,8 +25,11 @@ MODES = ("none", "data-parallel")
 def available_devices() -> list[str]:
     backend = keras.backend.backend()
     if backend == "jax":
-        devices = keras.distribution.list_devices("gpu") or keras.distribution.list_devices()
-        return list(devices)
+        try:
+            devices = keras.distribution.list_devices("gpu")
+        except RuntimeError:  # no GPU backend in this jax install
+            devices = []
+        return list(devices or keras.distribution.list_devices())
     if backend == "tensorflow":
         import tensorflow as tf
 

@@ -23,7 +23,8 @@ def plot_history(history: dict, path: str, title: str = "") -> str:
     for ax, (label, keys) in zip(axes, panels, strict=True):
         if label.startswith("image"):
             if "image_size" in history:
-                ax.step(epochs, history["image_size"], where="post", label="image size (px)")
+                ax.step(epochs, history["image_size"], where="post", linewidth=4, alpha=0.6,
+                        label="image size (px)")
                 ax.set_ylabel("px")
             if "dropout_rate" in history:
                 twin = ax.twinx()
