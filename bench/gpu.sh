@@ -7,7 +7,8 @@
 #
 #   OUT=/tmp/gpu bash bench/gpu.sh            # the GPU run (run from the repository root)
 #   QUICK=1 OUT=/tmp/gpu bash bench/gpu.sh    # smoke test: 64 px, batch 2, 1 round (CPU ok)
-#   BACKENDS="torch jax" ... picks backends; PER_BACKEND / CASE_TIMEOUT set the time guards.
+#   BACKENDS="torch jax" ... picks backends; PER_BACKEND / CASE_TIMEOUT set the time guards;
+#   CASES, PRECISIONS, REPEATS, ITERS pick a part of the table (defaults: all of it).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/gpu}
@@ -18,8 +19,8 @@ PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export TF_CPP_MIN_LOG_LEVEL=3 TF_FORCE_GPU_ALLOW_GROWTH=true XLA_PYTHON_CLIENT_PREALLOCATE=false
 export MALLOC_TRIM_THRESHOLD_=17179869184
-ARGS=(--cases b0_fwd,s_fwd,b0_train,s_train --precision float32,mixed --repeats 5 --warmup 2
-      --case-timeout "$CASE_TIMEOUT")
+ARGS=(--cases "${CASES:-b0_fwd,s_fwd,b0_train,s_train}" --precision "${PRECISIONS:-float32,mixed}"
+      --repeats "${REPEATS:-5}" --iters "${ITERS:-1}" --warmup 2 --case-timeout "$CASE_TIMEOUT")
 if [ "${QUICK:-0}" = 1 ]; then ARGS=(--cases b0_fwd,b0_train --precision float32,mixed --quick); fi
 
 { $PY -m pip list 2>/dev/null | grep -i -E "keras|tensorflow|jax|torch|timm"; } | tee "$OUT/packages.txt"

@@ -165,3 +165,50 @@ def test_training_steps_do_not_retrace():
     for _ in range(2):
         model.train_on_batch(x2, y)
     assert len(calls) <= (after_first + 4 if eager else 2 * after_first)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch",
+                    reason="the lowering to torch.nn.functional exists on the torch backend only")
+def test_torch_predictor_lowers_every_fused_layer_and_matches():
+    from keras_effv2.fast import _torch
+
+    model = randomize_batchnorm(keras_effv2.EfficientNetV2B0(
+        weights=None, input_shape=(48, 48, 3), classifier_activation=None), seed=6)
+    x = random_images(2, 48, seed=6)
+    ref = _infer(model, x)
+    fast = optimize_for_inference(model)
+    # Only the input normalisation still runs through Keras; everything else is direct torch.
+    plan = _torch._plan(fast)
+    kept = [type(op).__name__ for op, node, _ in plan if op is fast._get_operation_for_node(node)]
+    assert kept == ["InputNormalization"]
+    x_before = x.copy()
+    out = make_predictor(fast)(x)
+    np.testing.assert_array_equal(x, x_before)  # in-place ops never touch the caller's array
+    assert np.abs(out - ref).max() <= TOL
+    # Same call twice: in-place ops must not have touched weights or cached state.
+    np.testing.assert_array_equal(make_predictor(fast)(x), out)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch",
+                    reason="the lowering to torch.nn.functional exists on the torch backend only")
+def test_torch_predictor_feature_map_and_mixed_precision():
+    x = random_images(2, 32, seed=7)
+    model = randomize_batchnorm(keras_effv2.EfficientNetV2S(
+        weights=None, include_top=False, input_shape=(32, 32, 3)), seed=7)
+    ref = _infer(model, x)
+    out = make_predictor(optimize_for_inference(model))(x)
+    assert out.shape == ref.shape == (2, 1, 1, 1280)
+    assert np.abs(out - ref).max() <= TOL
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        mixed = keras_effv2.EfficientNetV2S(weights=None, include_top=False,
+                                            input_shape=(32, 32, 3))
+        mixed.set_weights(model.get_weights())
+        mixed_ref = _infer(mixed, x)
+        mixed_out = make_predictor(optimize_for_inference(mixed))(x)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    # float16 rounding: both mixed runs stay within 1 % of the float32 feature scale.
+    scale = np.abs(ref).max()
+    assert np.abs(mixed_ref - ref).max() <= 0.01 * scale
+    assert np.abs(mixed_out - ref).max() <= 0.01 * scale

@@ -23,7 +23,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from keras_effv2.fast.layers import ShiftDepthwiseConv2D
+from keras_effv2.fast.layers import ShiftDepthwiseConv2D, plain_silu
 from keras_effv2.layers import FusedMBConv, InputNormalization, MBConv
 
 _FORMATS = ("channels_last", "channels_first")
@@ -112,7 +112,7 @@ class _Builder:
         return y
 
     def act(self, x, fn, name, src):
-        return keras.layers.Activation(fn, name=name, **self._kw(src))(x)
+        return keras.layers.Activation(_plain(fn), name=name, **self._kw(src))(x)
 
     def squeeze_excite(self, x, se, name):
         s = keras.layers.GlobalAveragePooling2D(data_format=self.data_format, keepdims=True,
@@ -153,6 +153,12 @@ def _chain(model: keras.Model) -> list[keras.layers.Layer]:
                 f"(build_efficientnetv2); layer {layer.name!r} does not take {prev.name!r}'s "
                 f"output alone.")
     return layers
+
+
+def _plain(activation):
+    """``plain_silu`` for SiLU (fusable into the conv on TF), any other activation as is."""
+    name = activation if isinstance(activation, str) else getattr(activation, "__name__", "")
+    return plain_silu if name in ("silu", "swish") else activation
 
 
 def _to_format(x, src: str, dst: str, name: str):
@@ -203,7 +209,7 @@ def fuse_batchnorm(model: keras.Model, data_format: str | None = None,
             x = b.conv_bn(x, layer, nxt, layer.name)
             i += 1
         elif isinstance(layer, keras.layers.Activation):
-            x = keras.layers.Activation(layer.activation, name=layer.name,
+            x = keras.layers.Activation(_plain(layer.activation), name=layer.name,
                                         dtype=layer.dtype_policy)(x)
         elif isinstance(layer, (FusedMBConv, MBConv)):
             x = b.block(x, layer)
