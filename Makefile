@@ -33,7 +33,7 @@ demo: .demo.stamp
 	KERAS_BACKEND=$${KERAS_BACKEND:-tensorflow} $(PYTHON) -m keras_effv2.demo
 
 lint: install
-	$(PYTHON) -m ruff check keras_effv2 weights_tools tests
+	$(PYTHON) -m ruff check keras_effv2 weights_tools tests bench notebooks
 
 bench: install
 	@for b in $(BACKENDS); do KERAS_BACKEND=$$b $(PYTHON) -m keras_effv2.bench; done

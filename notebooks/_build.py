@@ -30,12 +30,16 @@ os.environ.setdefault("KERAS_BACKEND", "{backend}")
 SMALL = os.environ.get("KERAS_EFFV2_NOTEBOOK_SMALL") == "1"'''
 
 INSTALL = '''\
-# On Colab: install keras-effv2{extra_note} (skipped when already importable, e.g. in CI).
+# On Colab: install keras-effv2{extra_note}
+# (skipped when already importable, e.g. in CI).
 import importlib.util
 import subprocess
 import sys
 
-missing = [pkg for mod, pkg in {packages!r} if importlib.util.find_spec(mod) is None]
+PACKAGES = [  # (module, pip package)
+{packages}
+]
+missing = [pkg for mod, pkg in PACKAGES if importlib.util.find_spec(mod) is None]
 if missing:
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *missing])'''
 
@@ -51,7 +55,8 @@ def header(name: str, title: str, prose: str, backend: str = "tensorflow",
     return [
         new_markdown_cell(f"{BADGE.format(url=COLAB, name=name)}\n\n# {title}\n\n{prose}"),
         new_code_cell(SETUP.format(backend=backend)),
-        new_code_cell(INSTALL.format(packages=list(packages), extra_note=extra_note)),
+        new_code_cell(INSTALL.format(extra_note=extra_note, packages="\n".join(
+            f'    ("{module}", "{pip}"),' for module, pip in packages))),
     ]
 
 
@@ -92,14 +97,14 @@ photos = {name: Image.open(path).convert("RGB") for name, path in sample_image_p
 batch = np.stack([transform(image) for image in photos.values()])  # (2, size, size, 3)
 probs = np.asarray(model.predict(batch, verbose=0))
 top5 = keras_effv2.decode_predictions(probs, top=5)
-for name, row in zip(photos, top5):
+for name, row in zip(photos, top5, strict=True):
     print(name)
-    for wnid, label, score in row:
+    for _, label, score in row:
         print(f"  {score:7.2%}  {label}")'''),
     new_code_cell('''\
 fig, axes = plt.subplots(len(photos), 2, figsize=(10, 3.2 * len(photos)),
                          gridspec_kw={"width_ratios": [1, 1.4]})
-for (name, image), row, (ax_img, ax_bar) in zip(photos.items(), top5, axes):
+for name, row, (ax_img, ax_bar) in zip(photos, top5, axes, strict=True):
     ax_img.imshow(batch[list(photos).index(name)].astype("uint8"))
     ax_img.set_title(f"{name} ({spec.eval_size}px crop)")
     ax_img.axis("off")
@@ -161,6 +166,7 @@ import timm
 import torch
 from safetensors.torch import load_file
 
+# isort: split
 import keras
 import matplotlib.pyplot as plt
 import numpy as np
@@ -295,7 +301,7 @@ levels = {k: np.asarray(v) for k, v in pyramid.predict(batch, verbose=0).items()
 cam_outputs = grad_cam_model(model).predict(batch, verbose=0)  # head_act and logits
 names = [f"{e.level} {e.layer}" for e in endpoints] + ["head_act"]
 maps = [levels[e.level] for e in endpoints] + [np.asarray(cam_outputs["head_act"])]
-for name, m in zip(names, maps):
+for name, m in zip(names, maps, strict=True):
     print(f"{name:>12}: {m.shape[1:]}  stride {batch.shape[1] // m.shape[1]}")'''),
     new_code_cell('''\
 fig, axes = plt.subplots(len(photos), len(names) + 1, figsize=(2.2 * (len(names) + 1),
@@ -303,7 +309,7 @@ fig, axes = plt.subplots(len(photos), len(names) + 1, figsize=(2.2 * (len(names)
 for i, name in enumerate(photos):
     axes[i, 0].imshow(batch[i].astype("uint8"))
     axes[i, 0].set_title(name)
-    for j, (layer, m) in enumerate(zip(names, maps), 1):
+    for j, (layer, m) in enumerate(zip(names, maps, strict=True), 1):
         axes[i, j].imshow(np.abs(m[i]).mean(-1), cmap="viridis")
         axes[i, j].set_title(f"{layer} {m.shape[1]}x{m.shape[2]}", fontsize=8)
 for ax in axes.ravel():
@@ -363,7 +369,7 @@ cams = {name: grad_cam(i) for i, name in enumerate(photos)}'''),
         "Grad-CAM must equal the class activation map computed from the dense kernel."),
     new_code_cell('''\
 kernel = keras.ops.convert_to_numpy(model.get_layer("predictions").kernel)
-for i, (name, (cam, c, grads)) in enumerate(cams.items()):
+for i, (cam, c, grads) in enumerate(cams.values()):
     h, w = maps[-1].shape[1:3]
     expected = np.broadcast_to(kernel[:, c] / (h * w), grads.shape[1:])
     np.testing.assert_allclose(grads[0], expected, rtol=1e-4, atol=1e-8)
@@ -373,7 +379,7 @@ print("Grad-CAM gradients equal W[:, c] / (H·W) on", BACKEND)'''),
     new_code_cell('''\
 labels = keras_effv2.decode_predictions(np.eye(1000)[[c for _, c, _ in cams.values()]], top=1)
 fig, axes = plt.subplots(1, len(photos), figsize=(5 * len(photos), 5))
-for ax, (i, name), label in zip(axes, enumerate(photos), labels):
+for ax, (i, name), label in zip(axes, enumerate(photos), labels, strict=True):
     cam = cams[name][0]
     cam = cam / cam.max() if cam.max() > 0 else cam
     size = batch.shape[1:3]

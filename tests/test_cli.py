@@ -19,8 +19,9 @@ from keras_effv2 import pretrained
 from keras_effv2.cli import convert as cli_convert
 from keras_effv2.cli.main import DELEGATED, PARSED, main
 from keras_effv2.configs import VARIANTS
-from keras_effv2.eval_transforms import eval_transform, pil_eval_transform_for
+from keras_effv2.eval_transforms import eval_transform, pil_eval_transform, pil_eval_transform_for
 from keras_effv2.labels import class_names
+from keras_effv2.model import build_efficientnetv2
 from keras_effv2.samples import sample_image_paths
 from keras_effv2.weights import WEIGHTS
 
@@ -168,6 +169,129 @@ def test_bad_input_exits_2_with_message(argv, message, tmp_path, capsys):
     assert err.startswith("keras-effv2: error: ") and message.format(txt=txt) in err
 
 
+# ---------------------------------------------------------------- predict from weight files
+
+@pytest.fixture(scope="module")
+def b0_random(tmp_path_factory):
+    """``(model, weights_h5, logits_keras)``: a random B0 (seeded Keras init; the classifier
+    scaled x1000 so its top-5 are well separated, not a near-uniform softmax) saved with
+    ``save_weights``, and the same weights as a 64 px ``.keras`` model without normalisation
+    layer or softmax."""
+    keras.utils.set_random_seed(7)
+    model = build_efficientnetv2("b0")
+    head = model.get_layer("predictions")
+    head.kernel.assign(keras.ops.convert_to_numpy(head.kernel) * 1000)
+    d = tmp_path_factory.mktemp("b0_random")
+    model.save_weights(str(d / "b0.weights.h5"))
+    bare = build_efficientnetv2("b0", input_shape=(64, 64, 3), include_preprocessing=False,
+                                classifier_activation=None)
+    bare.set_weights(model.get_weights())
+    bare.save(str(d / "b0_logits.keras"))
+    return model, str(d / "b0.weights.h5"), str(d / "b0_logits.keras")
+
+
+def in_memory_top5(model, images, transform):
+    """Top-5 ``[(wnid, name)]`` and scores per image of ``model`` on ``transform``ed photos."""
+    from PIL import Image
+
+    x = []
+    for path in images:
+        with Image.open(path) as image:
+            x.append(transform(image))
+    probs = keras.ops.convert_to_numpy(model(np.stack(x), training=False))
+    idx = np.argsort(-probs, axis=-1)[:, :5]
+    names = class_names(1000)
+    return [[names[i] for i in row] for row in idx], np.take_along_axis(probs, idx, -1)
+
+
+def assert_same_top5(results, expected):
+    names, scores = expected
+    assert [[(t["wnid"], t["label"]) for t in r["top"]] for r in results] == names
+    np.testing.assert_allclose([[t["score"] for t in r["top"]] for r in results], scores,
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_predict_weights_file_matches_in_memory_model(b0_random, capsys):
+    model, weights, _ = b0_random
+    paths = sample_image_paths()
+    images = [paths["china"], paths["flower"]]
+    code, out, err = run_cli(["predict", *images, "--model", "b0", "--weights", weights,
+                              "--json"], capsys)
+    assert code == 0, err
+    results = json.loads(out)
+    assert [(r["image"], r["weights"], r["preprocessing"], r["eval_size"]) for r in results] == [
+        (i, weights, "b0.in1k", 224) for i in images]
+    default = in_memory_top5(model, images, pil_eval_transform_for(SPEC))
+    assert_same_top5(results, default)
+    assert default[1][:, 0].min() > 0.01  # a real ranking, not ties of a uniform softmax
+    assert err.startswith(f"note: {weights!r} records no preprocessing; using the variant's "
+                          "built-in default, b0.in1k's (mean (0.485, 0.456, 0.406)")
+    # --preprocessing: another weight set's mean/std and eval resize/crop, no note.
+    spec = WEIGHTS["b0.in21k_ft_in1k"]
+    code, out, err = run_cli(["predict", *images, "--model", "b0", "--weights", weights,
+                              "--preprocessing", "imagenet21k-ft1k", "--json"], capsys)
+    assert code == 0 and "note:" not in err
+    results = json.loads(out)
+    assert {r["preprocessing"] for r in results} == {"b0.in21k_ft_in1k"}
+    other = build_efficientnetv2("b0", include_preprocessing=spec.preprocessing)
+    other.set_weights(model.get_weights())
+    expected = in_memory_top5(other, images, pil_eval_transform_for(spec))
+    assert_same_top5(results, expected)
+    assert not np.allclose(expected[1], default[1], rtol=1e-3)  # the option changed the inputs
+    code, out, _ = run_cli(["predict", images[1], "--model", "b0", "--weights", weights,
+                            "--top", "2"], capsys)
+    assert code == 0
+    assert out.splitlines()[0] == (f"{images[1]}  (EfficientNetV2-B0 {weights}, "
+                                   "preprocessing b0.in1k, 224px)")
+
+
+def test_predict_keras_model_file(b0_random, capsys):
+    model, _, path = b0_random
+    images = [sample_image_paths()["china"]]
+    code, out, err = run_cli(["predict", *images, "--weights", path, "--json"], capsys)
+    assert code == 0, err
+    results = json.loads(out)
+    assert (results[0]["weights"], results[0]["eval_size"]) == (path, 64)
+    pp = SPEC.preprocessing  # the model's name gives b0; b0.in1k's crop and mean/std
+    expected = in_memory_top5(model, images, lambda im: pil_eval_transform(
+        im, 64, pp.crop_pct, pp.crop_mode, pp.interpolation))
+    assert_same_top5(results, expected)
+    assert "has no normalisation layer: images are normalised with b0.in1k's mean/std" in err
+    assert "outputs logits: scores are their softmax" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--weights", "{w}"], "{w!r} holds weights only: name its variant with --model"),
+    (["--model", "s", "--weights", "{w}"],
+     "{w!r} does not fit EfficientNetV2-S: it holds 21 blocks, a 32-channel stem and a "
+     "1280-channel head, which is EfficientNetV2-B0 (--model b0)."),
+    (["--model", "s", "--weights", "{k}"],
+     "{k!r} is EfficientNetV2-B0 (model name 'efficientnetv2_b0'), not --model 's'."),
+    (["--model", "b0", "--weights", "{w}", "--preprocessing", "imagenet-1k"],
+     "No 'imagenet-1k' weights for EfficientNetV2-B0. Valid tags:"),
+    (["--model", "b0", "--preprocessing", "imagenet21k"],
+     "--preprocessing applies to a .weights.h5 or .keras file; the weight tag 'imagenet'"),
+    (["--model", "b0", "--weights", "{d}/missing.weights.h5"],
+     ".weights.h5 file '{d}/missing.weights.h5' not found; accepted: a registered tag"),
+    (["--model", "b0", "--weights", "{d}/missing.keras"], ".keras file '{d}/missing.keras' "
+                                                          "not found; accepted:"),
+    (["--model", "b0", "--weights", "{d}/b0.h5"],
+     "--weights '{d}/b0.h5' is neither a registered tag nor a file ending in '.weights.h5' or "
+     "'.keras'; accepted: a registered tag"),
+    (["--model", "b0", "--weights", "{d}/text.weights.h5"],
+     "cannot read '{d}/text.weights.h5' as a Keras .weights.h5 file"),
+    (["--weights", "{d}/text.keras"], "cannot load '{d}/text.keras' as a Keras model"),
+])
+def test_predict_bad_weights_file_exits_2(b0_random, argv, message, tmp_path, capsys):
+    for name in ("b0.h5", "text.weights.h5", "text.keras"):
+        (tmp_path / name).write_text("not a model")
+    fill = dict(w=b0_random[1], k=b0_random[2], d=tmp_path)
+    argv = ["predict", sample_image_paths()["flower"], *(a.format(**fill) for a in argv)]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2 and out == "", err
+    assert err.startswith("keras-effv2: error: ") and message.format(**fill) in err
+
+
 def test_predict_download_failure_exits_1(reference, capsys):
     # The mirror holds b0.in1k only: b1.in1k cannot be fetched, and nothing is left cached.
     code, out, err = run_cli(["predict", sample_image_paths()["china"], "--model", "b1"],
@@ -226,6 +350,17 @@ def test_convert_timm_checkpoint(reference, tmp_path, capfd):
     x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype("float32")
     ours = keras.ops.convert_to_numpy(model(x, training=False))
     np.testing.assert_allclose(ours, timm_logits(timm_model, x), atol=1e-4)
+    # The converted file predicts as the registered tag it came from (same upstream weights).
+    image = sample_image_paths()["china"]
+    runs = [["--weights", "imagenet"], ["--weights", str(out_path), "--preprocessing", "in1k"]]
+    outs = []
+    for extra in runs:
+        assert main(["predict", image, "--model", "b0", "--json", *extra]) == 0
+        outs.append(json.loads(capfd.readouterr().out)[0])
+    assert outs[1]["weights"] == str(out_path) and outs[1]["preprocessing"] == "b0.in1k"
+    assert [t["wnid"] for t in outs[0]["top"]] == [t["wnid"] for t in outs[1]["top"]]
+    np.testing.assert_allclose([t["score"] for t in outs[0]["top"]],
+                               [t["score"] for t in outs[1]["top"]], rtol=1e-4, atol=1e-6)
     assert main(["convert"]) == 2  # no arguments: usage on stderr
     assert "usage: keras-effv2 convert" in capfd.readouterr().err
 

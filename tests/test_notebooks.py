@@ -9,6 +9,8 @@ notebooks on the backend listed in ``LEGS`` (CI time).
 
 import importlib.util
 import os
+import subprocess
+import sys
 import urllib.parse
 
 import keras
@@ -58,6 +60,21 @@ def test_every_notebook_is_listed_and_matches_build_script():
             f"{name}.ipynb") in first
         assert 'os.environ.setdefault("KERAS_BACKEND"' in committed.cells[1].source
         assert "pip" in committed.cells[2].source
+
+
+def test_notebook_cells_are_ruff_clean():
+    """``make lint`` checks the notebooks: the generated cells and the generator pass ruff.
+
+    The files are named explicitly, so they are checked whatever ruff's default includes."""
+    files = sorted(os.path.join(NB_DIR, f) for f in os.listdir(NB_DIR)
+                   if f.endswith((".ipynb", ".py")))
+    assert len(files) == len(LEGS) + 1
+    run = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", *files],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    with open(os.path.join(ROOT, "Makefile"), encoding="utf8") as f:
+        lint = next(line for line in f if "ruff check" in line)
+    assert "notebooks" in lint.split()
 
 
 @pytest.fixture(scope="module")

@@ -201,3 +201,25 @@ def test_randaug_changes_images_by_magnitude():
         out, ref = next(iter(pairs.batch(32)))
         diffs.append(float(tf.reduce_mean(tf.abs(out - ref))))
     assert diffs[0] == 0.0 and 0.0 < diffs[1] < diffs[2]
+
+
+@pytest.mark.parametrize("mixup", [0.0, 0.4])
+def test_cutmix_label_weight_is_pasted_area(mixup):
+    """Half the batch black (class 0), half white (class 1): after CutMix, an image's class-1
+    weight must equal its fraction of white pixels, whatever box Keras drew (inside tf.data)."""
+    n, h, w = 32, 24, 40
+    labels = tf.constant([0, 1] * (n // 2))
+    images = tf.cast(labels, tf.float32)[:, None, None, None] * tf.fill((n, h, w, 3), 255.0)
+    aug = StageAugmenter(_stage(h, mixup=mixup, cutmix=1.0), seed=11)
+    ds = tf.data.Dataset.from_tensors((images, tf.one_hot(labels, 2))).repeat(4)
+    cut = slice(n // 2, n) if mixup else slice(0, n)  # with mixup too: the second half is cutmix
+    pasted, weights = [], []
+    for mixed_images, mixed in ds.map(aug.batch_fn):
+        x = mixed_images.numpy()[cut]
+        assert set(np.unique(x)) <= {0.0, 255.0}  # pasted pixels, no blending
+        assert (x == x[..., :1]).all()  # the same box on every channel
+        pasted.append((x[..., 0] == 255.0).mean(axis=(1, 2)))
+        weights.append(mixed.numpy()[cut, 1])
+    pasted, weights = np.concatenate(pasted), np.concatenate(weights)
+    assert ((pasted > 0.02) & (pasted < 0.98)).sum() >= 8  # real boxes, not only no-ops
+    np.testing.assert_allclose(weights, pasted, rtol=0, atol=1e-6)

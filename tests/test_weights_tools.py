@@ -19,7 +19,7 @@ from keras_effv2 import weights as weights_module
 from keras_effv2.eval_transforms import eval_geometry, eval_transform
 from keras_effv2.labels import class_names
 from keras_effv2.weights import WEIGHTS
-from weights_tools import cli
+from weights_tools import cli, verify
 from weights_tools import evaluate as ev
 
 pytest.importorskip("timm")
@@ -321,6 +321,9 @@ def test_convert_all_manifest(keras_home, tmp_path, monkeypatch, capsys):
         assert e["sha256"] == pretrained.sha256_file(path) and e["size"] == path.stat().st_size
     parity = entries["b0.in1k"]["parity"]
     assert parity["max_abs_diff"] <= 1e-4 and parity["top5_equal"] is True
+    assert (parity["atol"], parity["rtol"]) == (1e-4, 1e-5)
+    scale = parity["max_abs_diff"] / parity["max_rel_diff"]  # max|reference logit|
+    assert scale > 0 and parity["limit"] == pytest.approx(1e-4 + 1e-5 * scale)
     assert entries["b0.in21k_ft_in1k"]["parity"].startswith("not verified: ")
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["manifest.json", *(e["file"] for e in entries.values())])
@@ -332,3 +335,65 @@ def test_convert_all_manifest(keras_home, tmp_path, monkeypatch, capsys):
     entries = {e["key"]: e for e in manifest["entries"]}
     assert "WeightsDownloadError" in entries["b0.in1k"]["error"] and src
     assert "sha256" in entries["b0.in21k_ft_in1k"]
+
+
+# ---------------------------------------------------------------- verification limit
+
+def reference_logits(scale, seed=0):
+    """``(2, 1000)`` float64 logits of magnitude ``scale`` with well separated top-5."""
+    return np.random.default_rng(seed).normal(size=(2, 1000)) * scale
+
+
+def test_scaled_limit_passes_float32_rounding_of_large_logits():
+    ref = reference_logits(100.0)  # logits in the hundreds, as an unconditioned random S
+    scale = np.abs(ref).max()
+    # The reference rounded to float32 twice over, plus the 5.2e-4 measured on that S.
+    got = ref.astype("float32").astype("float64")
+    got[0, np.argmin(np.abs(ref[0]))] += 5.2e-4
+    c = verify.check_logits(got, ref, "b0")
+    assert c.max_abs_diff == pytest.approx(5.2e-4, rel=1e-3) and c.max_abs_diff > 1e-4
+    assert c.max_rel_diff == pytest.approx(c.max_abs_diff / scale)
+    assert c.limit == pytest.approx(1e-4 + 1e-5 * scale) and c.top5_equal
+    with pytest.raises(verify.VerificationError):  # what the old absolute limit did
+        verify.check_logits(got, ref, "b0", rtol=0.0)
+
+
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+def test_wrong_ports_still_fail(scale):
+    ref = reference_logits(scale)
+    rng = np.random.default_rng(1)
+    wrong = {
+        "1e-2 relative": ref * (1 + 1e-2 * rng.normal(size=ref.shape)),
+        "permuted classes": ref[:, rng.permutation(ref.shape[1])],
+        "5e-4 on small logits" if scale == 1.0 else "1e-4 relative (10x rtol)": (
+            ref + 5e-4 if scale == 1.0 else ref * (1 + 1e-4 * rng.normal(size=ref.shape))),
+    }
+    for what, got in wrong.items():
+        c = verify.compare_logits(got, ref)
+        assert not c.passed and c.max_abs_diff > c.limit, what
+        with pytest.raises(verify.VerificationError, match=r"max\|Δ logit\| = .* of max\|logit\|"):
+            verify.check_logits(got, ref, what)
+    swapped = ref.copy()  # small difference, but two of the top-5 swap places
+    top = np.argsort(-ref[0])[:5]
+    swapped[0, top[[1, 2]]] = ref[0, top[[2, 1]]]
+    c = verify.compare_logits(swapped, ref)
+    assert not c.top5_equal and not c.passed
+
+
+def test_verify_against_source_reports_and_raises(monkeypatch):
+    ref = reference_logits(200.0)
+    monkeypatch.setattr(verify, "timm_reference_logits", lambda *a: ref)
+    monkeypatch.setattr(verify, "_ours", lambda model, images, pool: model)
+    near = ref + 8e-4 * np.sign(ref)  # 4e-6 relative: float32-level
+    r = verify.verify_against_source(near, "timm", "s", None, None, 1000, image_size=32)
+    scale = np.abs(ref).max()
+    assert (r.source, r.image_size, r.top5_equal, r.atol, r.rtol) == (
+        "timm", 32, True, 1e-4, 1e-5)
+    assert r.max_abs_diff == pytest.approx(8e-4) and r.max_rel_diff == pytest.approx(8e-4 / scale)
+    assert r.limit == pytest.approx(1e-4 + 1e-5 * scale)
+    far = ref * 1.01
+    with pytest.raises(verify.VerificationError) as e:
+        verify.verify_against_source(far, "timm", "s", None, None, 1000, image_size=32)
+    msg = str(e.value)
+    assert msg.startswith("Converted s disagrees with timm: max|Δ logit| = ")
+    assert f"limit 0.0001 + 1e-05 * {scale:.3g} = {1e-4 + 1e-5 * scale:.3g}" in msg

@@ -64,8 +64,9 @@ def _parity(spec, model, tensors, checkpoint, verify_size: int):
     report = verify_against_source(model, "timm", spec.variant, tensors, checkpoint,
                                    spec.num_classes, image_size=verify_size)
     return {"reference": f"timm {timm.__version__} tf_efficientnetv2_{spec.variant}",
-            "max_abs_diff": report.max_abs_diff, "top5_equal": report.top5_equal,
-            "image_size": report.image_size, "atol": 1e-4}
+            "max_abs_diff": report.max_abs_diff, "max_rel_diff": report.max_rel_diff,
+            "limit": report.limit, "atol": report.atol, "rtol": report.rtol,
+            "top5_equal": report.top5_equal, "image_size": report.image_size}
 
 
 def convert_one(spec, output_dir: str, verify_size: int = 128) -> dict:
@@ -123,8 +124,9 @@ def convert_all(output_dir, variants=None, tags=None, verify_size: int = 128, lo
         if "error" in entry:
             log(f"{spec.key}: FAILED: {entry['error']}")
         elif isinstance(parity, dict):
-            log(f"{spec.key}: wrote {entry['file']} (max|Δ logit| {parity['max_abs_diff']:.3g} "
-                f"vs {parity['reference']}, top-5 equal)")
+            log(f"{spec.key}: wrote {entry['file']} (max|Δ logit| {parity['max_abs_diff']:.3g}, "
+                f"{parity['max_rel_diff']:.3g} relative, limit {parity['limit']:.3g}, vs "
+                f"{parity['reference']}, top-5 equal)")
         else:
             log(f"{spec.key}: wrote {entry['file']} ({parity})")
         _write_json_atomic(_manifest(previous), manifest_path)  # progress survives a crash

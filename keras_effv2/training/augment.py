@@ -1,10 +1,10 @@
 """Training augmentation for one stage, built from Keras 3 preprocessing layers.
 
-Keras layers used as they are: ``Resizing``, ``RandomFlip``, ``RandAugment``, ``MixUp``,
-``CutMix`` (they run inside ``tf.data`` on every backend). Hand-written, because Keras has no
-equivalent: automl's ``'ft'`` cutout (one fixed ``2*(size//4)`` square, clipped at the border,
-filled with uniform noise), and the automl rule that, with both mixup and cutmix on, half of the
-batch gets each.
+Keras layers used as they are: ``Resizing``, ``RandomFlip``, ``RandAugment``, ``MixUp`` (they
+run inside ``tf.data`` on every backend); ``CutMix`` through :class:`PixelCutMix`, which fixes
+its label weights. Hand-written, because Keras has no equivalent: automl's ``'ft'`` cutout (one
+fixed ``2*(size//4)`` square, clipped at the border, filled with uniform noise), and the automl
+rule that, with both mixup and cutmix on, half of the batch gets each.
 
 RandAugment magnitude uses automl's scale (10 = the standard maximum); Keras' ``factor`` is
 ``magnitude / 100`` (so rotation spans about +-3.6 degrees per magnitude unit, automl's is 3).
@@ -59,6 +59,28 @@ def cutout(image, seed=None):
     return tf.where(mask, noise, image)
 
 
+@keras.saving.register_keras_serializable(package="keras_effv2")
+class PixelCutMix(keras.layers.CutMix):
+    """Keras ``CutMix`` whose label weights equal the pasted pixel fraction.
+
+    Keras (3.15) draws the box with fractional corners, pastes the pixels whose integer
+    coordinates fall inside it, but weights the labels by the box's fractional area: up to
+    one row and one column off (6.6% of a 24x40 image). Here the weight of the pasted image's
+    label is the fraction of pixels actually pasted, as in the CutMix paper (which adjusts
+    lambda to the exact pixel ratio).
+
+    Example:
+        >>> layer = PixelCutMix(factor=1.0, seed=0, data_format="channels_last")
+    """
+
+    def transform_labels(self, labels, transformation, training=True):
+        if training and transformation is not None:
+            masks = self.backend.cast(transformation["batch_masks"], self.compute_dtype)
+            pasted = self.backend.numpy.mean(masks, axis=(1, 2, 3))
+            transformation = {**transformation, "mix_weight": 1.0 - pasted}
+        return super().transform_labels(labels, transformation, training)
+
+
 class StageAugmenter:
     """Per-image and per-batch transforms of one stage (call inside ``tf.data``).
 
@@ -84,8 +106,8 @@ class StageAugmenter:
         self.mixup = (keras.layers.MixUp(alpha=stage.mixup_alpha, seed=seed,
                                          data_format="channels_last")
                       if stage.mixup_alpha > 0 else None)
-        self.cutmix = (keras.layers.CutMix(factor=stage.cutmix_alpha, seed=seed,
-                                           data_format="channels_last")
+        self.cutmix = (PixelCutMix(factor=stage.cutmix_alpha, seed=seed,
+                                   data_format="channels_last")
                        if stage.cutmix_alpha > 0 else None)
         self.seed = seed
 
