@@ -212,3 +212,31 @@ def test_torch_predictor_feature_map_and_mixed_precision():
     scale = np.abs(ref).max()
     assert np.abs(mixed_ref - ref).max() <= 0.01 * scale
     assert np.abs(mixed_out - ref).max() <= 0.01 * scale
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="the frozen-graph predictor exists on the TensorFlow backend only")
+def test_tensorflow_predictor_freezes_a_snapshot_of_the_weights():
+    model = randomize_batchnorm(keras_effv2.EfficientNetV2B0(
+        weights=None, input_shape=(32, 32, 3), classifier_activation=None), seed=8)
+    fast = optimize_for_inference(model)
+    predict = make_predictor(fast)
+    x = random_images(3, 32, seed=8)
+    before = predict(x)
+    assert np.abs(before - _infer(model, x)).max() <= TOL
+    assert predict(x[:1]).shape == (1, 1000)  # any batch size, one trace
+    # The weights are graph constants: changing the model afterwards leaves the predictor as is.
+    head = fast.get_layer("predictions")
+    head.set_weights([w * 2 for w in head.get_weights()])
+    np.testing.assert_array_equal(predict(x), before)
+    assert np.abs(make_predictor(fast)(x) - 2 * before).max() <= 2 * TOL
+    # freeze=False: predict_on_batch on the live variables.
+    assert np.abs(make_predictor(fast, freeze=False)(x) - 2 * before).max() <= 2 * TOL
+
+
+@pytest.mark.skipif(keras.backend.backend() == "tensorflow",
+                    reason="freeze=True is the TensorFlow default; the error is for the others")
+def test_freeze_is_refused_off_tensorflow():
+    model = keras_effv2.EfficientNetV2B0(weights=None, input_shape=(32, 32, 3))
+    with pytest.raises(ValueError, match="TensorFlow backend only"):
+        make_predictor(model, freeze=True)

@@ -90,7 +90,8 @@ def _lower_conv(layer):
             x = x.to(dtype)
         if not same:
             return F.conv2d(x, weight, bias, (sh, sw), 0, 1, groups)
-        (top, bottom), (left, right) = _same_pads(x.shape[2], kh, sh), _same_pads(x.shape[3], kw, sw)
+        top, bottom = _same_pads(x.shape[2], kh, sh)
+        left, right = _same_pads(x.shape[3], kw, sw)
         if top == bottom and left == right:
             return F.conv2d(x, weight, bias, (sh, sw), (top, left), 1, groups)
         x = F.pad(x, (left, right, top, bottom))

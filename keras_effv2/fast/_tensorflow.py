@@ -1,0 +1,36 @@
+"""The TensorFlow half of the fast inference path (the only TF code in keras_effv2.fast).
+
+``predictor(model)`` traces ``model(x, training=False)`` once and freezes its variables into
+graph constants (``convert_variables_to_constants_v2``). With constant filters, TF's oneDNN
+convolutions (``_MklNativeFusedConv2D``) reorder each filter into their blocked layout once
+and cache it instead of on every call, and grappler folds the bias/residual arithmetic with
+constants: S at 384, batch 8, 1.18x -> 1.24x keras.applications in the same bench (XLA stays
+off: it ran these convnets several times slower on CPU). The predictor snapshots the weights:
+build a new one after changing them.
+
+Example:
+    >>> from keras_effv2.fast._tensorflow import predictor  # KERAS_BACKEND=tensorflow only
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+
+def predictor(model):
+    """``f(images) -> np.ndarray`` for a one-input, one-output functional ``model``."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError("predictor expects a model with one input and one output; "
+                         f"{model.name!r} has {len(model.inputs)} and {len(model.outputs)}.")
+    spec = tf.TensorSpec((None, *model.inputs[0].shape[1:]), model.inputs[0].dtype)
+    traced = tf.function(lambda t: model(t, training=False)).get_concrete_function(spec)
+    frozen = convert_variables_to_constants_v2(traced)
+
+    def predict(x) -> np.ndarray:
+        out = frozen(tf.convert_to_tensor(np.asarray(x), dtype=spec.dtype))
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        return out.numpy()
+
+    return predict
