@@ -30,10 +30,11 @@ test-large: test
 	touch $@
 
 demo: .demo.stamp
-	KERAS_BACKEND=$${KERAS_BACKEND:-tensorflow} $(PYTHON) -m keras_effv2.demo
+	KERAS_BACKEND=$${KERAS_BACKEND:-tensorflow} $(PYTHON) -m keras_effv2.train --recipe digits \
+		--output runs/demo --no-tensorboard --verbose 2
 
 lint: install
 	$(PYTHON) -m ruff check keras_effv2 weights_tools tests bench notebooks
 
 bench: install
-	@for b in $(BACKENDS); do KERAS_BACKEND=$$b $(PYTHON) -m keras_effv2.bench; done
+	@for b in $(BACKENDS); do KERAS_BACKEND=$$b $(PYTHON) -m bench; done

@@ -42,7 +42,7 @@ for b in ${BACKENDS:-torch tensorflow jax}; do
     echo "$b: does not import here, skipped" | tee -a "$OUT/gpu.md"; continue
   fi
   echo "$seen" | tail -1 | tee -a "$OUT/device.txt"
-  KERAS_BACKEND=$b timeout -k 10 "$PER_BACKEND" $PY -m keras_effv2.bench "${ARGS[@]}" \
+  KERAS_BACKEND=$b timeout -k 10 "$PER_BACKEND" $PY -m bench "${ARGS[@]}" \
     --json "$OUT/gpu_$b.json" --markdown "$OUT/gpu_$b.md" > "$OUT/gpu_$b.log" 2>&1
   rc=$?
   tail -25 "$OUT/gpu_$b.log"

@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import keras_effv2  # noqa: E402
-from keras_effv2._bench_timm import timm_step  # noqa: E402
+from bench.timm_contenders import timm_step  # noqa: E402
 from keras_effv2.fast import make_predictor, optimize_for_inference  # noqa: E402
 
 

@@ -43,6 +43,15 @@ missing = [pkg for mod, pkg in PACKAGES if importlib.util.find_spec(mod) is None
 if missing:
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *missing])'''
 
+PHOTOS = '''\
+# The two photos that ship with scikit-learn (CC BY 2.0; credits above).
+import os
+
+import sklearn.datasets
+
+PHOTO_DIR = os.path.join(os.path.dirname(sklearn.datasets.__file__), "images")
+PHOTO_PATHS = {name: os.path.join(PHOTO_DIR, f"{name}.jpg") for name in ("china", "flower")}'''
+
 PHOTOS_NOTE = (
     "The photos are the two that ship with scikit-learn (`sklearn/datasets/images`): "
     "`china.jpg` by danielbuechele and `flower.jpg` by vultilion on Flickr, both "
@@ -51,7 +60,8 @@ PHOTOS_NOTE = (
 
 
 def header(name: str, title: str, prose: str, backend: str = "tensorflow",
-           packages=(("keras_effv2", "keras-effv2"),), extra_note: str = "") -> list:
+           packages=(("keras_effv2", "keras-effv2"), ("sklearn", "scikit-learn")),
+           extra_note: str = "") -> list:
     return [
         new_markdown_cell(f"{BADGE.format(url=COLAB, name=name)}\n\n# {title}\n\n{prose}"),
         new_code_cell(SETUP.format(backend=backend)),
@@ -69,6 +79,7 @@ QUICKSTART = header(
     "upstream host (timm's Hugging Face files) and are converted into the Keras cache.\n\n"
     + PHOTOS_NOTE,
 ) + [
+    new_code_cell(PHOTOS),
     new_code_cell('''\
 import keras
 import matplotlib.pyplot as plt
@@ -77,7 +88,6 @@ from PIL import Image
 
 import keras_effv2
 from keras_effv2.eval_transforms import pil_eval_transform_for
-from keras_effv2.samples import sample_image_paths
 
 BACKEND = keras.backend.backend()
 print(f"Keras {keras.__version__} on {BACKEND}; keras_effv2 {keras_effv2.__version__}")'''),
@@ -93,7 +103,7 @@ model = keras_effv2.EfficientNetV2(VARIANT, weights="imagenet")
 print(spec.key, f"eval at {spec.eval_size}px;", spec.preprocessing)'''),
     new_code_cell('''\
 transform = pil_eval_transform_for(spec)
-photos = {name: Image.open(path).convert("RGB") for name, path in sample_image_paths().items()}
+photos = {name: Image.open(path).convert("RGB") for name, path in PHOTO_PATHS.items()}
 batch = np.stack([transform(image) for image in photos.values()])  # (2, size, size, 3)
 probs = np.asarray(model.predict(batch, verbose=0))
 top5 = keras_effv2.decode_predictions(probs, top=5)
@@ -155,9 +165,11 @@ PORTING = header(
     "convert` command (the `weights_tools` converter), check the ported model against timm "
     "on real photos at several resolutions (a parity table and plot), then save the Keras "
     "model and reload it. Needs PyTorch and timm for the reference.\n\n" + PHOTOS_NOTE,
-    packages=(("keras_effv2", "keras-effv2"), ("timm", "timm"), ("safetensors", "safetensors")),
+    packages=(("keras_effv2", "keras-effv2"), ("timm", "timm"), ("safetensors", "safetensors"),
+              ("sklearn", "scikit-learn")),
     extra_note=", timm and safetensors",
 ) + [
+    new_code_cell(PHOTOS),
     new_code_cell('''\
 # torch/timm first: torchvision must be imported before TensorFlow in one process.
 import tempfile
@@ -175,7 +187,6 @@ from PIL import Image
 import keras_effv2
 from keras_effv2 import pretrained
 from keras_effv2.eval_transforms import pil_eval_transform
-from keras_effv2.samples import sample_image_paths
 
 print(f"Keras {keras.__version__} on {keras.backend.backend()}; timm {timm.__version__}")'''),
     new_markdown_cell(
@@ -210,7 +221,7 @@ if run.returncode:
 model = keras_effv2.EfficientNetV2(VARIANT, weights=ported, include_preprocessing=False,
                                    classifier_activation=None)
 pp = spec.preprocessing
-photos = [Image.open(p).convert("RGB") for p in sample_image_paths().values()]
+photos = [Image.open(p).convert("RGB") for p in PHOTO_PATHS.values()]
 sizes = [128, spec.eval_size] if SMALL else [224, spec.train_size, spec.eval_size]
 rows, pairs = [], {}
 for size in sizes:
@@ -268,6 +279,7 @@ FEATURES = header(
     "which regions of a photo drive the top class. The gradient is taken with whichever "
     "backend is active.\n\n" + PHOTOS_NOTE,
 ) + [
+    new_code_cell(PHOTOS),
     new_code_cell('''\
 import keras
 import matplotlib.pyplot as plt
@@ -277,14 +289,13 @@ from PIL import Image
 import keras_effv2
 from keras_effv2.eval_transforms import pil_eval_transform_for
 from keras_effv2.features import feature_extractor, grad_cam_model, model_feature_endpoints
-from keras_effv2.samples import sample_image_paths
 
 BACKEND = keras.backend.backend()
 VARIANT = "b0" if SMALL else "s"
 spec = keras_effv2.get_weights_spec(VARIANT, "imagenet")
 model = keras_effv2.EfficientNetV2(VARIANT, weights="imagenet", classifier_activation=None)
 transform = pil_eval_transform_for(spec)
-photos = {n: Image.open(p).convert("RGB") for n, p in sample_image_paths().items()}
+photos = {n: Image.open(p).convert("RGB") for n, p in PHOTO_PATHS.items()}
 batch = np.stack([transform(im) for im in photos.values()])
 print(f"{spec.key} on {BACKEND}, {batch.shape}")'''),
     new_markdown_cell(

@@ -4,7 +4,7 @@ import json
 
 import keras
 
-from keras_effv2 import bench
+from bench import suite as bench
 
 
 def test_bench_quick_reports_every_contender(tmp_path, capsys):

@@ -14,6 +14,7 @@ import urllib.parse
 import keras
 import numpy as np
 import pytest
+from sample_photos import sample_image_paths
 
 from keras_effv2 import pretrained
 from keras_effv2.cli import convert as cli_convert
@@ -22,7 +23,6 @@ from keras_effv2.configs import VARIANTS
 from keras_effv2.eval_transforms import eval_transform, pil_eval_transform, pil_eval_transform_for
 from keras_effv2.labels import class_names
 from keras_effv2.model import build_efficientnetv2
-from keras_effv2.samples import sample_image_paths
 from keras_effv2.weights import WEIGHTS
 
 pytest.importorskip("timm")

@@ -27,14 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from keras_effv2.keras_graph import execution_order, node_operation
+
 
 def _plan(model):
     """Nodes in Keras' execution order, and after which step each tensor can be dropped."""
-    steps = []
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            if node.operation and not node.is_input:
-                steps.append(node)
+    steps = execution_order(model)
     keep = {id(t) for t in model.outputs} | {id(t) for t in model.inputs}
     last_use = {}
     for i, node in enumerate(steps):
@@ -54,7 +52,7 @@ def _plan(model):
         inplace = [t in fresh and last_use[t] == i and t not in keep and ids.count(t) == 1
                    and tuple(x.shape) == out_shape
                    for t, x in zip(ids, node.input_tensors, strict=True)]
-        op = model._get_operation_for_node(node)
+        op = node_operation(model, node)
         lowered = _lower(op, node, inplace)
         if lowered is not None:
             fresh.update(id(t) for t in node.outputs)

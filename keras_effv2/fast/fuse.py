@@ -24,6 +24,7 @@ import keras
 import numpy as np
 
 from keras_effv2.fast.layers import ShiftDepthwiseConv2D, plain_silu
+from keras_effv2.keras_graph import inbound_tensors
 from keras_effv2.layers import FusedMBConv, InputNormalization, MBConv
 
 _FORMATS = ("channels_last", "channels_first")
@@ -146,7 +147,7 @@ def _chain(model: keras.Model) -> list[keras.layers.Layer]:
         raise ValueError("fuse_batchnorm expects a keras_effv2 model with one input and output.")
     layers = model.layers
     for prev, layer in zip(layers, layers[1:], strict=False):
-        node_inputs = [t for node in layer._inbound_nodes for t in node.input_tensors]
+        node_inputs = inbound_tensors(layer)
         if len(node_inputs) != 1 or node_inputs[0] is not prev.output:
             raise ValueError(
                 f"fuse_batchnorm expects a chain of layers as built by keras_effv2 "

@@ -19,6 +19,8 @@ import re
 
 import keras
 
+from keras_effv2.keras_graph import nested_layers
+
 HEAD_LAYERS = ("head_dropout", "predictions")
 _BLOCK_RE = re.compile(r"^s(\d+)_b\d+$")
 
@@ -68,7 +70,7 @@ def unfreeze(model: keras.Model) -> None:
 def set_bn_trainable(model: keras.Model, trainable: bool) -> int:
     """Set ``trainable`` on every BatchNormalization (nested in blocks too); returns the count."""
     count = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in nested_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = trainable
             count += 1

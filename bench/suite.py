@@ -18,7 +18,7 @@ its peak RSS (``VmHWM``) and the growth of the peak over the forward pass alone.
 Outputs: a table on stdout, ``--json``, ``--markdown`` and ``--plot`` (PNG, matplotlib).
 
 Example:
-    KERAS_BACKEND=torch python -m keras_effv2.bench --cases b0_fwd,b0_train --repeats 5 \\
+    KERAS_BACKEND=torch python -m bench --cases b0_fwd,b0_train --repeats 5 \\
         --json runs/bench_torch.json --markdown runs/bench_torch.md --plot runs/bench_torch.png
 """
 
@@ -95,7 +95,7 @@ def make_step(kind: str, case: Case, size: int, x, y, jit: str = "auto",
               precision: str = "float32"):
     """A zero-argument callable running one step of contender ``kind``; returns numpy."""
     if kind.startswith("timm"):
-        from keras_effv2._bench_timm import timm_step
+        from bench.timm_contenders import timm_step
 
         return timm_step(case.variant, case.mode, x, y, precision, kind == "timm_compile")
     model = _keras_model("ours" if kind == "ours_fast" else kind, case, size)
@@ -198,10 +198,11 @@ def memory_probe(kind: str, case_name: str, quick: bool = False, jit: str = "aut
 
     The first forward (compilation included) is measured, as a user's first call is.
     """
-    args = [sys.executable, "-m", "keras_effv2.bench", "--probe", kind, "--cases", case_name,
+    args = [sys.executable, "-m", "bench", "--probe", kind, "--cases", case_name,
             "--jit", jit, "--precision", precision] + (["--quick"] if quick else [])
     args += ["--threads", str(threads)] if threads else []
-    out = subprocess.run(args, capture_output=True, text=True, check=False)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # `bench` importable
+    out = subprocess.run(args, capture_output=True, text=True, check=False, cwd=root)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"memory probe {kind}/{case_name} failed:\n{out.stderr[-2000:]}")

@@ -1,4 +1,4 @@
-"""Real sample photos for demos and notebooks, taken from an installed package.
+"""Real sample photos for the tests, taken from an installed package (scikit-learn).
 
 scikit-learn ships two photos in ``sklearn/datasets/images`` (see the ``README.txt``
 there), both released under Creative Commons Attribution 2.0
@@ -9,10 +9,10 @@ there), both released under Creative Commons Attribution 2.0
 * ``flower.jpg``: a flower, by vultilion on Flickr
   (https://www.flickr.com/photos/vultilion/6056698931).
 
-keras_effv2 does not copy them; it only finds them.
+The project does not copy them; it only finds them. The notebooks find them the same way.
 
 Example:
-    >>> from keras_effv2.samples import sample_image_paths
+    >>> from sample_photos import sample_image_paths
     >>> sorted(sample_image_paths())
     ['china', 'flower']
 """

@@ -1,7 +1,7 @@
-"""timm contenders for ``keras_effv2.bench`` (torch backend only; imports torch and timm).
+"""timm contenders for ``bench.suite`` (torch backend only; imports torch and timm).
 
 Example:
-    >>> from keras_effv2._bench_timm import timm_step  # KERAS_BACKEND=torch
+    >>> from bench.timm_contenders import timm_step  # KERAS_BACKEND=torch
 """
 
 from __future__ import annotations

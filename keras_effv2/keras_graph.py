@@ -1,0 +1,47 @@
+"""The one place keras_effv2 reads Keras internals: walking a functional model's graph.
+
+Keras 3 has no public API for the execution order of a functional model's nodes, for the
+nodes that feed a layer, or for a layer's nested sublayers. The fast paths and the
+fine-tuning helpers need all three, so they call these functions, and only this module
+touches the private attributes (``_nodes_by_depth``, ``_inbound_nodes``,
+``_flatten_layers``). Checked against Keras 3.8-3.15.
+
+Example:
+    >>> import keras_effv2
+    >>> from keras_effv2.keras_graph import execution_order
+    >>> model = keras_effv2.EfficientNetV2B0(weights=None)
+    >>> [node.operation.name for node in execution_order(model)][:3]
+    ['preprocessing', 'stem_conv', 'stem_bn']
+"""
+
+from __future__ import annotations
+
+import keras
+
+
+def execution_order(model: keras.Model) -> list:
+    """The functional model's computing nodes (inputs excluded) in the order Keras runs them.
+
+    Each node has public ``operation``, ``input_tensors``, ``outputs`` and ``arguments``.
+    """
+    nodes = []
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if node.operation and not node.is_input:
+                nodes.append(node)
+    return nodes
+
+
+def node_operation(model: keras.Model, node):
+    """The operation Keras calls for ``node`` (Keras' own mapping where it keeps one)."""
+    return model._get_operation_for_node(node)
+
+
+def inbound_tensors(layer: keras.layers.Layer) -> list:
+    """Every symbolic tensor that feeds ``layer``, over all the nodes it was called at."""
+    return [t for node in layer._inbound_nodes for t in node.input_tensors]
+
+
+def nested_layers(layer: keras.layers.Layer) -> list:
+    """Every sublayer of ``layer`` at any depth (the layer itself excluded)."""
+    return list(layer._flatten_layers(include_self=False, recursive=True))
