@@ -143,14 +143,21 @@ def build_model(recipe: Recipe, num_classes: int) -> keras.Model:
 def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epochs=None,
                steps_per_epoch=None, distribution="none", verbose="auto", seed=0,
                tensorboard=True, callbacks=(), backup_freq="epoch", splits=None,
-               keras_model=None, print_fn=print, **overrides) -> dict:
+               keras_model=None, print_fn=print, deterministic=False, **overrides) -> dict:
     """Train ``recipe`` (name or ``Recipe``) and write the artefacts; returns the result dict.
 
     ``overrides`` replace recipe fields (``model``, ``weights``, ``batch_size`` (scales the
     learning rate), ``total_steps``, ``progressive``...). ``splits``/``keras_model`` inject
     data or a prebuilt, uncompiled ``keras_model`` (or a ``num_classes -> model`` builder, which
-    runs inside the distribution scope).
+    runs inside the distribution scope). ``deterministic=True`` turns on TensorFlow's op
+    determinism for the rest of the process (the ``tf.data`` augmentation draws its random
+    numbers in a fixed order, and TF ops): the same call gives the same weights, and a killed
+    run resumes to exactly the uninterrupted result (measured on CPU, all three backends).
     """
+    if deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     recipe = resolve_recipe(recipe, dataset, **overrides)
     if splits is None:
         splits = load_dataset(recipe.dataset, data_dir=data_dir, seed=seed)
