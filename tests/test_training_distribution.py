@@ -28,6 +28,7 @@ from keras_effv2.training.distribution import (
     ENV_PROCESS_ID,
     full_batches,
     initialize_multi_process,
+    process_info,
     resolve_cluster,
 )
 
@@ -245,6 +246,18 @@ def test_distribution_bad_input():
 
         with data_parallel_scope("data-parallel") as replicas:
             assert replicas == len(available_devices()) >= 1
+
+
+@needs_fit
+def test_multi_process_must_start_first():
+    import tensorflow as tf
+
+    keras.ops.convert_to_numpy(keras.ops.ones(2) + 1)  # the backend has computed something
+    float(tf.constant(1.0) + 1)
+    with pytest.raises(RuntimeError, match=f"joining the cluster failed on {BACKEND}: .*must "
+                                           "start before the backend computes anything"):
+        initialize_multi_process(f"127.0.0.1:{_free_ports(1)[0]}", 1, 0)
+    assert process_info() == (0, 1)  # nothing half-joined
 
 
 def test_cli_multi_process_flags(capsys):

@@ -140,24 +140,30 @@ def initialize_multi_process(job_addresses=None, num_processes=None,
     if backend == "torch":
         raise _torch_error("multi-process")
     cluster = resolve_cluster(job_addresses, num_processes, process_id)
-    if backend == "jax":
-        import jax
+    try:
+        if backend == "jax":
+            import jax
 
-        if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") is None:
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU all-reduce
-        keras.distribution.initialize(",".join(cluster.job_addresses), cluster.num_processes,
-                                      cluster.process_id)
-    else:
-        import tensorflow as tf
-
-        if "TF_CONFIG" in os.environ and job_addresses is None and \
-                ENV_ADDRESSES not in os.environ:
-            resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+            if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") is None:
+                jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU all-reduce
+            keras.distribution.initialize(",".join(cluster.job_addresses),
+                                          cluster.num_processes, cluster.process_id)
         else:
-            resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
-                tf.train.ClusterSpec({"worker": list(cluster.job_addresses)}),
-                task_type="worker", task_id=cluster.process_id, rpc_layer="grpc")
-        _STRATEGY = _multi_worker_strategy(resolver)
+            import tensorflow as tf
+
+            if "TF_CONFIG" in os.environ and job_addresses is None and \
+                    ENV_ADDRESSES not in os.environ:
+                resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+            else:
+                resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+                    tf.train.ClusterSpec({"worker": list(cluster.job_addresses)}),
+                    task_type="worker", task_id=cluster.process_id, rpc_layer="grpc")
+            _STRATEGY = _multi_worker_strategy(resolver)
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"joining the cluster failed on {backend}: {e}. Multi-process mode must start "
+            "before the backend computes anything (loading a dataset counts on TensorFlow): "
+            "call initialize_multi_process first thing, or let run_recipe load the data.") from e
     _CLUSTER = cluster
     return cluster
 
