@@ -35,6 +35,17 @@ SIZE = 64
 BROKEN = 100 * TOL
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """timm's float64 forwards with 2+ intra-op threads crawl on a busy 2-core machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def timm_b0():
     model = make_timm_model("b0", image_size=SIZE)
@@ -183,8 +194,10 @@ def test_keras_applications_b0_file(tmp_path, images, capsys):
     assert_matches_kapp(logits_of(out, images), ref)
 
 
+# S, M and L cost 0.5-2 minutes each on the CI CPU (two models' first forwards: S took 70 s on
+# torch and 130 s on JAX, measured on a busy machine): behind --run-large.
 @pytest.mark.parametrize("variant", [
-    "s", pytest.param("m", marks=pytest.mark.large), pytest.param("l", marks=pytest.mark.large)])
+    "b0", *(pytest.param(v, marks=pytest.mark.large) for v in ("s", "m", "l"))])
 def test_keras_applications_notop_file(variant, tmp_path, images):
     layers, ref = kapp_reference(variant, False, images)
     path = hw.write_tf_keras2_h5(layers, tmp_path / f"efficientnetv2-{variant}_notop.h5")
