@@ -13,7 +13,7 @@ from helpers import to_backend_layout, to_numpy
 import keras_effv2
 from keras_effv2 import applications
 from keras_effv2.preprocessing import AUTOML_128, IMAGENET, INCEPTION
-from keras_effv2.weights import WEIGHTS, WeightsDownloadError, cache, get_weights_spec
+from keras_effv2.weights import WEIGHTS, WeightsDownloadError, cache, get_weights_spec, load
 
 pytest.importorskip("timm")
 pytest.importorskip("safetensors")
@@ -183,6 +183,10 @@ def test_imagenet_tag_end_to_end(upstream, tmp_path, keras_home, monkeypatch):
     model = keras_effv2.EfficientNetV2B0(weights="imagenet", classifier_activation=None)
     np.testing.assert_allclose(predict(model, images), expected, rtol=0, atol=TOL)
     assert cache_files(keras_home) == [spec.converted_name, spec.converted_name + ".sha256"]
+    # weights.load on a built model: the variant is read off its blocks.
+    built = keras_effv2.EfficientNetV2("b0", weights=None, classifier_activation=None)
+    load(built, "imagenet")
+    np.testing.assert_allclose(predict(built, images), expected, rtol=0, atol=TOL)
     # Cached: works without the mirror; a corrupted entry is re-fetched once.
     cached = keras_home / "models" / "keras_effv2" / spec.converted_name
     with open(cached, "r+b") as f:
