@@ -138,9 +138,9 @@ def _atomic_save_model(model, path):
 
 
 def build_model(recipe: Recipe, num_classes: int) -> keras.Model:
-    from keras_effv2.model import build_efficientnetv2
+    from keras_effv2.applications import EfficientNetV2
 
-    return build_efficientnetv2(
+    return EfficientNetV2(
         recipe.model, weights=None if recipe.weights in (None, "none") else recipe.weights,
         classes=num_classes,
         dropout_rate=recipe.dropout_rate, drop_path_rate=recipe.drop_path_rate)
