@@ -29,6 +29,8 @@ import time
 import keras
 import numpy as np
 
+from keras_effv2.keras_graph import resume_epoch
+
 
 def tiny_model(num_classes):
     from keras_effv2.layers import DropPath
@@ -65,9 +67,10 @@ class Probe(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.ran = None
-        if self.model._initial_epoch is not None and not self.restored:  # set by the restore
+        epoch = resume_epoch(self.model)
+        if epoch is not None and not self.restored:  # set by the restore
             self.restored = True
-            self.dump(f"restored{self.model._initial_epoch}")
+            self.dump(f"restored{epoch}")
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch

@@ -28,6 +28,8 @@ import tempfile
 import keras
 import numpy as np
 
+from keras_effv2.keras_graph import set_resume_epoch
+
 METADATA = "training_metadata.json"
 LEGACY_WEIGHTS = "latest.weights.h5"  # where keras.callbacks.BackupAndRestore saved them
 
@@ -115,7 +117,7 @@ class TrainingBackup(keras.callbacks.Callback):
             self._torch_rng = meta["torch_rng"]
             if meta.get("fit_ended"):
                 self._restore_torch_rng()
-        model._initial_epoch = int(meta["epoch"])  # fit starts there
+        set_resume_epoch(model, int(meta["epoch"]))  # fit starts there
 
     def _restore_torch_rng(self):
         if self._torch_rng is not None:

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 
 import keras
 
+from keras_effv2.keras_graph import set_resume_epoch
 from keras_effv2.training.backup import TrainingBackup, read_backup
 from keras_effv2.training.schedule import ProgressiveSchedule, StageSettings
 
@@ -177,7 +178,7 @@ def progressive_fit(
             record["resumed_at_epoch"] = resume_epoch
             record["skipped_batches"] = (resume_epoch - start) * steps_per_epoch
             train = train.skip(record["skipped_batches"])
-        model._initial_epoch = None  # set only by BackupAndRestore when it restores
+        set_resume_epoch(model, None)  # set only by the backup when it restores
         history = model.fit(
             train, epochs=end, initial_epoch=start, steps_per_epoch=steps_per_epoch,
             validation_data=validation_fn(stage) if validation_fn is not None else None,
@@ -192,7 +193,7 @@ def progressive_fit(
             if dropout_layer in {layer.name for layer in model.layers} else None)
         result.stages.append(record)
         start = end
-    model._initial_epoch = None
+    set_resume_epoch(model, None)
     if backup_dir is not None and os.path.isdir(backup_dir):
         shutil.rmtree(backup_dir)
     return result
