@@ -1,4 +1,4 @@
-"""Fast inference path: the same function as the model, computed with fewer, cheaper ops.
+"""Fast paths: the same function as the model, computed with fewer, cheaper ops.
 
 ``optimize_for_inference(model)`` folds every BatchNorm into its convolution
 (:func:`fuse_batchnorm`) and lays the graph out in the data format measured fastest on the
@@ -8,6 +8,8 @@ fastest measured way on this backend: on TensorFlow a graph with the weights fro
 constants and XLA off (``_tensorflow.py``), on JAX ``predict_on_batch`` jitted, on torch the
 graph lowered to direct ``torch.nn.functional`` calls under ``torch.inference_mode``
 (``_torch.py``). The TF and torch predictors snapshot the weights.
+``optimize_for_training(model)`` returns a model over ``model``'s own variables whose
+training step is faster on this backend (JAX: ``_jax_train.py``).
 
 Example:
     >>> import numpy as np, keras_effv2
@@ -93,5 +95,30 @@ def make_predictor(model: keras.Model, compile: bool = False, freeze: bool | Non
     return model.predict_on_batch
 
 
+def optimize_for_training(model: keras.Model) -> keras.Model:
+    """A model over ``model``'s variables whose ``fit`` training step is faster here.
+
+    Same inputs, outputs and layer names (``head_dropout``, ``predictions``); training it
+    trains ``model``. On JAX (``_jax_train.py``): depthwise convolutions as shifted slices
+    with a custom gradient, 1x1 convolutions as matmuls. Other backends: ``model`` itself.
+
+    Example:
+        >>> import keras_effv2
+        >>> model = keras_effv2.EfficientNetV2B0(weights=None, input_shape=(64, 64, 3))
+        >>> fast = optimize_for_training(model)
+        >>> fast.get_layer("predictions") is model.get_layer("predictions")
+        True
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"optimize_for_training expects a keras.Model; got {type(model).__name__}.")
+    if keras.backend.backend() == "jax":
+        from keras_effv2.fast import _jax_train
+
+        return _jax_train.training_model(model)
+    return model
+
+
 __all__ = ["FAST_DATA_FORMAT", "FAST_DEPTHWISE", "FAST_FREEZE_WEIGHTS", "FAST_JIT_COMPILE",
-           "fold_conv_bn", "fuse_batchnorm", "make_predictor", "optimize_for_inference"]
+           "fold_conv_bn", "fuse_batchnorm", "make_predictor", "optimize_for_inference",
+           "optimize_for_training"]
+
