@@ -10,7 +10,8 @@ Contenders (all ``weights=None``, 1000 classes, preprocessing in the Keras model
   is ``predict_on_batch``, training ``train_on_batch`` (Adam, sparse CE); both with the same
   ``jit_compile`` (``--jit``; ``auto`` = ``keras_effv2.fast.FAST_JIT_COMPILE``: XLA off on
   TensorFlow, measured 5-8x slower on CPU, Keras' own default would switch it on).
-- ``ours_fast`` (forward): ``keras_effv2.fast.optimize_for_inference`` + ``make_predictor``.
+- ``ours_fast``: forward ``keras_effv2.fast.optimize_for_inference`` + ``make_predictor``;
+  training ``train_on_batch`` of ``keras_effv2.fast.optimize_for_training(model)``.
 - ``timm`` (torch backend): timm ``tf_efficientnetv2_*``, channels_last, eager,
   ``inference_mode`` for forward; ``timm_compile`` with ``--torch-compile``.
 With ``--memory`` each forward contender also runs once in a fresh subprocess that reports
@@ -85,7 +86,7 @@ def _keras_model(kind: str, case: Case, size: int):
 
 def contenders(case: Case, torch_compile: bool = False) -> list[str]:
     """Names of the contenders of ``case`` on the current backend."""
-    names = [BASELINE, "ours"] + (["ours_fast"] if case.mode == "forward" else [])
+    names = [BASELINE, "ours", "ours_fast"]
     if keras.backend.backend() == "torch":
         names += ["timm"] + (["timm_compile"] if torch_compile else [])
     return names
@@ -99,9 +100,11 @@ def make_step(kind: str, case: Case, size: int, x, y, jit: str = "auto",
 
         return timm_step(case.variant, case.mode, x, y, precision, kind == "timm_compile")
     model = _keras_model("ours" if kind == "ours_fast" else kind, case, size)
-    if kind == "ours_fast":
+    if kind == "ours_fast" and case.mode == "forward":
         predict = fast.make_predictor(fast.optimize_for_inference(model))
         return lambda: predict(x)
+    if kind == "ours_fast":
+        model = fast.optimize_for_training(model)
     model.jit_compile = _jit(jit)
     if case.mode == "train":
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
