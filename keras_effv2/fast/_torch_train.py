@@ -1,21 +1,31 @@
 """The torch-backend fast training path (the only torch training code in keras_effv2.fast).
 
-``training_model(model)`` returns a functional model built on ``model``'s own inputs, outputs
-and layers (so it shares every variable and every layer name) whose ``call`` runs the graph
-as direct ``torch.nn.functional`` calls on the Keras variables' torch tensors instead of
-through Keras' op layer: convolutions with the kernel viewed in OIHW and Keras' "same"
-padding (``fast._torch.conv2d``), ``F.batch_norm`` (batch statistics in training, the moving
-ones otherwise), in-place SiLU, SE with ``F.linear``, stochastic depth through the model's own
-``DropPath`` layers (same seeds), activations in channels_last memory. Autograd flows into the
-variables, so Keras' torch trainer (``fit``, ``train_on_batch``) and its optimizer update them.
+``training_model(model)`` returns a :class:`FastTrainingModel`: ``model``'s own functional
+graph (the same inputs, outputs, layer objects and variables) whose ``call`` runs the layers
+as direct ``torch.nn.functional`` calls on the variables' torch tensors instead of through
+Keras' op layer, which on torch transposes NHWC <-> NCHW around every convolution and runs
+BatchNorm as a dozen separate ops. Autograd flows into the variables, so Keras' torch
+trainer (``fit``, ``train_on_batch``) and its optimizer train them as usual.
 
-BatchNorm follows Keras exactly: in training (``training=True`` and ``layer.trainable``) it
-normalises with the batch mean and biased variance and assigns
-``moving = moving * momentum + batch_stat * (1 - momentum)``; otherwise it uses the moving
-statistics. Under a mixed precision policy BN computes in float32, as Keras' does.
+Lowered: convolutions (the kernel viewed as OIHW, Keras' "same" padding: shared with the
+inference path, :func:`keras_effv2.fast._torch.conv2d`), ``F.batch_norm``, SiLU,
+squeeze-excite (``F.linear`` on the pooled vector), residual adds, global pooling; the
+activations are NCHW in channels_last memory (measured 1.6x faster than contiguous NCHW
+here). Stochastic depth, input normalisation, head dropout and the classifier run through
+the model's own Keras layers (their seed generators, so the random draws are the plain
+model's).
+
+BatchNorm follows Keras exactly: when ``training`` and ``layer.trainable``, it normalises
+with the batch mean and *biased* variance and assigns
+``moving = moving * momentum + batch_stat * (1 - momentum)``; otherwise (``evaluate``,
+``predict``, a frozen layer) it uses the moving statistics. Under a mixed precision policy
+BN computes in float32, as Keras' layer does.
 
 Example:
     >>> from keras_effv2.fast._torch_train import training_model  # KERAS_BACKEND=torch only
+    >>> fast = training_model(model)  # doctest: +SKIP
+    >>> fast.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    >>> fast.fit(images, labels)       # trains ``model``'s variables
 """
 
 from __future__ import annotations
@@ -26,22 +36,20 @@ import torch.nn.functional as F
 
 from keras_effv2.fast._torch import conv2d, torch_kernel
 from keras_effv2.fast.fuse import _chain, _source_format
-from keras_effv2.layers import FusedMBConv, InputNormalization, MBConv
+from keras_effv2.layers import FusedMBConv, MBConv
 
 
 def _conv(layer, x):
     kernel = layer.kernel.value
-    if kernel.dtype != x.dtype:
-        kernel = kernel.to(x.dtype)
-    weight, groups = torch_kernel(layer, kernel)
+    weight, groups = torch_kernel(layer, kernel if kernel.dtype == x.dtype else kernel.to(x.dtype))
     bias = layer.bias.value.to(x.dtype) if layer.use_bias else None
     return conv2d(x, weight, bias, tuple(layer.strides), groups, layer.padding == "same")
 
 
 def _batch_norm(bn, x, training):
-    """Keras' BatchNormalization on NCHW ``x`` (``bn.axis`` is the channel axis)."""
+    """Keras' ``BatchNormalization`` over axis 1 of ``x``, moving statistics included."""
     dtype = x.dtype
-    if dtype != torch.float32 and dtype != torch.float64:
+    if dtype not in (torch.float32, torch.float64):
         x = x.float()  # Keras upcasts BN's input to float32
     gamma = bn.gamma.value if bn.scale else None
     beta = bn.beta.value if bn.center else None
@@ -49,35 +57,35 @@ def _batch_norm(bn, x, training):
         y = F.batch_norm(x, bn.moving_mean.value, bn.moving_variance.value, gamma, beta,
                          False, 0.0, bn.epsilon)
         return y if y.dtype == dtype else y.to(dtype)
-    channels = x.shape[1]
-    # momentum=1 makes F.batch_norm write the batch mean and *unbiased* variance into these.
-    mean = torch.zeros(channels, dtype=x.dtype, device=x.device)
-    var = torch.zeros(channels, dtype=x.dtype, device=x.device)
-    y = F.batch_norm(x, mean, var, gamma, beta, True, 1.0, bn.epsilon)
-    n = x.numel() // channels
+    # With momentum=1, batch_norm writes the batch mean and *unbiased* variance into these.
+    # (torch.batch_norm, not F.batch_norm: Keras allows one value per channel, F refuses it.)
+    mean = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
+    var = torch.zeros_like(mean)
+    y = torch.batch_norm(x, gamma, beta, mean, var, True, 1.0, bn.epsilon, True)
+    n = x.numel() // x.shape[1]
     with torch.no_grad():
-        var = var * ((n - 1) / n) if n > 1 else torch.zeros_like(var)  # biased, as Keras
+        var = var * ((n - 1) / n) if n > 1 else torch.zeros_like(var)  # biased, as Keras'
         m = bn.momentum
         bn.moving_mean.assign(bn.moving_mean.value * m + mean * (1.0 - m))
         bn.moving_variance.assign(bn.moving_variance.value * m + var * (1.0 - m))
     return y if y.dtype == dtype else y.to(dtype)
 
 
-def _silu(x, inplace=True):
-    return F.silu(x, inplace=inplace)
+def _silu(x):
+    # Out of place under autograd: in place, autograd would save a copy of the input anyway.
+    return F.silu(x, inplace=not torch.is_grad_enabled())
 
 
 def _squeeze_excite(se, x):
     s = x.mean((2, 3))
-    reduce, expand = se.conv_reduce, se.conv_expand
-    w = reduce.kernel.value[0, 0].to(x.dtype)  # (C, se): F.linear takes (out, in) = w.T
-    s = F.silu(F.linear(s, w.t(), reduce.bias.value.to(x.dtype)), inplace=True)
-    w = expand.kernel.value[0, 0].to(x.dtype)
-    s = torch.sigmoid_(F.linear(s, w.t(), expand.bias.value.to(x.dtype)))
+    for conv, act in ((se.conv_reduce, _silu), (se.conv_expand, torch.sigmoid)):
+        kernel = conv.kernel.value[0, 0]  # (in, out): F.linear takes (out, in)
+        s = act(F.linear(s, kernel.to(x.dtype).t(), conv.bias.value.to(x.dtype)))
     return x * s[:, :, None, None]
 
 
 def _block(block, x, training):
+    """``FusedMBConv``/``MBConv.call`` on NCHW ``x``."""
     inputs = x
     if block.expand_conv is not None:
         x = _silu(_batch_norm(block.expand_bn, _conv(block.expand_conv, x), training))
@@ -90,47 +98,28 @@ def _block(block, x, training):
         x = _silu(x)
     if not block.has_residual:
         return x
-    if block.drop_path is not None and training:
-        x = block.drop_path(x, training=True)
-    return x + inputs
+    if block.drop_path is not None:
+        x = block.drop_path(x, training=training)
+    # x is this block's own fresh tensor, which no backward formula saved: add in place.
+    return x.add_(inputs)
 
 
-def _activation(layer, inplace):
-    name = getattr(layer.activation, "__name__", "")
-    if name in ("silu", "swish"):
-        return lambda x, training: F.silu(x, inplace=inplace)
-    return None
-
-
-def _input_normalization(layer):
-    scale = torch.as_tensor(layer._scale).reshape(-1, 1, 1)
-    offset = torch.as_tensor(layer._offset).reshape(-1, 1, 1)
-
-    def normalize(x, training):
-        dtype = getattr(torch, layer.compute_dtype)
-        return x.to(dtype) * scale.to(x.device, dtype) + offset.to(x.device, dtype)
-    return normalize
-
-
-def _step(layer, fresh):
-    """``f(x, training)`` computing ``layer`` on NCHW tensors, or None (run it through Keras).
-
-    ``fresh``: the input is made by the step before, so it may be overwritten in place.
-    """
+def _lowering(layer, channel_axis):
+    """``f(x, training)`` computing ``layer`` on NCHW tensors, or None (run it through Keras)."""
     if isinstance(layer, (FusedMBConv, MBConv)):
         return lambda x, training: _block(layer, x, training)
     if isinstance(layer, keras.layers.BatchNormalization):
-        if layer.renorm or layer.synchronized:
+        if layer.renorm or layer.synchronized or layer.axis % 4 != channel_axis:
             return None
         return lambda x, training: _batch_norm(layer, x, training)
     if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
-        if tuple(layer.dilation_rate) != (1, 1) or layer.activation is not keras.activations.linear:
+        if (tuple(layer.dilation_rate) != (1, 1) or len(layer.kernel.shape) != 4
+                or layer.activation is not keras.activations.linear):
             return None
         return lambda x, training: _conv(layer, x)
-    if isinstance(layer, keras.layers.Activation):
-        return _activation(layer, fresh)
-    if isinstance(layer, InputNormalization):
-        return _input_normalization(layer)
+    if isinstance(layer, keras.layers.Activation) and \
+            getattr(layer.activation, "__name__", "") in ("silu", "swish"):
+        return lambda x, training: _silu(x)
     if isinstance(layer, keras.layers.GlobalAveragePooling2D):
         return lambda x, training: x.mean((2, 3), keepdim=layer.keepdims)
     if isinstance(layer, keras.layers.GlobalMaxPooling2D):
@@ -139,45 +128,51 @@ def _step(layer, fresh):
 
 
 class FastTrainingModel(keras.Model):
-    """``model``'s functional graph (same inputs, outputs, layers and variables) whose ``call``
-    runs the layers as direct torch calls; layers without a lowering run through Keras."""
+    """``model``'s functional graph (the same inputs, outputs, layers and variables) whose
+    ``call`` runs the lowerable layers as direct torch calls on NCHW tensors and the others
+    (input normalisation, dropout, the classifier) through Keras in the model's layout."""
 
-    def __init__(self, model):
+    def __init__(self, model: keras.Model):
+        if keras.backend.backend() != "torch":
+            raise ValueError(f"FastTrainingModel runs on the torch backend only; this is "
+                             f"{keras.backend.backend()!r}. Use "
+                             f"keras_effv2.fast.optimize_for_training(model).")
         layers = _chain(model, "optimize_for_training")
         super().__init__(model.inputs, model.outputs, name=f"{model.name}_fast_train")
-        self._channels_last = _source_format(layers) == "channels_last"
-        self._steps, fresh = [], False
-        for layer in layers[1:]:
-            fn = _step(layer, fresh)
-            self._steps.append((fn, layer))
-            fresh = fn is not None
+        self._nhwc = _source_format(layers) == "channels_last"
+        channel_axis = 3 if self._nhwc else 1
+        # A tuple: Keras does not track it (the layers are tracked through the graph).
+        self._plan = tuple((_lowering(layer, channel_axis), layer) for layer in layers[1:])
 
     def call(self, inputs, training=None, mask=None):
         x = keras.ops.convert_to_tensor(keras.tree.flatten(inputs)[0], self.inputs[0].dtype)
         training, nchw = bool(training), False
-        for fn, layer in self._steps:
-            if fn is not None and not nchw:
+        for fn, layer in self._plan:
+            if fn is None:
+                if nchw and x.ndim == 4:
+                    x, nchw = self._from_nchw(x), False
+                x = layer(x, training=training)
+                continue
+            if not nchw:
                 x, nchw = self._to_nchw(x), True
-            elif fn is None and nchw and x.ndim == 4:
-                x, nchw = self._from_nchw(x), False
-            x = fn(x, training) if fn is not None else layer(x, training=training)
+            x = fn(x, training)
         return self._from_nchw(x) if nchw and x.ndim == 4 else x
 
     def _to_nchw(self, x):
-        if self._channels_last:
-            x = x.permute(0, 3, 1, 2)  # an NHWC tensor is NCHW in channels_last memory
+        if self._nhwc:
+            x = x.permute(0, 3, 1, 2)  # a contiguous NHWC tensor is NCHW in channels_last memory
         return x.contiguous(memory_format=torch.channels_last)
 
     def _from_nchw(self, x):
-        return x.permute(0, 2, 3, 1) if self._channels_last else x
+        return x.permute(0, 2, 3, 1) if self._nhwc else x
 
     def get_config(self):
         raise NotImplementedError(
             f"{self.name!r} is a fast training view of another model and is not serialisable: "
-            "save the model you passed to optimize_for_training (it holds the same weights), "
-            "or use save_weights.")
+            "save the model passed to optimize_for_training (it holds the same weights), or "
+            "use save_weights/load_weights (the same file layout as that model's).")
 
 
 def training_model(model: keras.Model) -> keras.Model:
-    """A :class:`FastTrainingModel` sharing ``model``'s layers and variables."""
+    """A :class:`FastTrainingModel` of ``model``: training it trains ``model``."""
     return FastTrainingModel(model)
