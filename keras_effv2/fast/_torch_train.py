@@ -98,9 +98,10 @@ def _block(block, x, training):
         x = _silu(x)
     if not block.has_residual:
         return x
-    if block.drop_path is not None:
-        x = block.drop_path(x, training=training)
-    # x is this block's own fresh tensor, which no backward formula saved: add in place.
+    # x is this block's own fresh tensor, which no backward formula saved: scale and add in
+    # place. The drop-path draw is the DropPath layer's own (its seed generator).
+    if block.drop_path is not None and training and block.drop_path.rate > 0:
+        x = x.mul_(block.drop_path.sample_scale(x.shape[0], x.ndim, x.dtype))
     return x.add_(inputs)
 
 
