@@ -115,7 +115,7 @@ def test_fast_model_shares_layers_and_weights_and_predicts_the_same(tmp_path):
     for name in ("head_dropout", "predictions"):  # progressive_fit finds them by name
         assert fast.get_layer(name) is model.get_layer(name)
     # Everything but input normalisation, head dropout and classifier is lowered to torch.
-    kept = [layer.name for fn, layer in fast._plan if fn is None]
+    kept = [s.name for s in fast._segments if not isinstance(s, tuple)]
     assert kept == ["preprocessing", "head_dropout", "predictions"]
     x, y = random_images(3, 48, seed=5), np.array([0, 4, 9])
     ref = to_numpy(model(x, training=False))

@@ -42,6 +42,9 @@ from keras_effv2.layers import FusedMBConv, MBConv
 def _conv(layer, x):
     kernel = layer.kernel.value
     weight, groups = torch_kernel(layer, kernel if kernel.dtype == x.dtype else kernel.to(x.dtype))
+    # One explicit copy into the layout oneDNN wants: autograd saves it for the backward, which
+    # would otherwise copy the strided view again.
+    weight = weight.contiguous(memory_format=torch.channels_last)
     bias = layer.bias.value.to(x.dtype) if layer.use_bias else None
     return conv2d(x, weight, bias, tuple(layer.strides), groups, layer.padding == "same")
 
@@ -84,8 +87,8 @@ def _squeeze_excite(se, x):
     return x * s[:, :, None, None]
 
 
-def _block(block, x, training):
-    """``FusedMBConv``/``MBConv.call`` on NCHW ``x``."""
+def _block(block, x, training, scale):
+    """``FusedMBConv``/``MBConv.call`` on NCHW ``x``; ``scale``: its drop-path draw or None."""
     inputs = x
     if block.expand_conv is not None:
         x = _silu(_batch_norm(block.expand_bn, _conv(block.expand_conv, x), training))
@@ -99,32 +102,33 @@ def _block(block, x, training):
     if not block.has_residual:
         return x
     # x is this block's own fresh tensor, which no backward formula saved: scale and add in
-    # place. The drop-path draw is the DropPath layer's own (its seed generator).
-    if block.drop_path is not None and training and block.drop_path.rate > 0:
-        x = x.mul_(block.drop_path.sample_scale(x.shape[0], x.ndim, x.dtype))
+    # place.
+    if scale is not None:
+        x = x.mul_(scale)
     return x.add_(inputs)
 
 
 def _lowering(layer, channel_axis):
-    """``f(x, training)`` computing ``layer`` on NCHW tensors, or None (run it through Keras)."""
+    """``f(x, training, scales)`` computing ``layer`` on NCHW tensors, or None (run it through
+    Keras). ``scales``: the drop-path draws of this call by block name."""
     if isinstance(layer, (FusedMBConv, MBConv)):
-        return lambda x, training: _block(layer, x, training)
+        return lambda x, training, scales: _block(layer, x, training, scales.get(layer.name))
     if isinstance(layer, keras.layers.BatchNormalization):
         if layer.renorm or layer.synchronized or layer.axis % 4 != channel_axis:
             return None
-        return lambda x, training: _batch_norm(layer, x, training)
+        return lambda x, training, scales: _batch_norm(layer, x, training)
     if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
         if (tuple(layer.dilation_rate) != (1, 1) or len(layer.kernel.shape) != 4
                 or layer.activation is not keras.activations.linear):
             return None
-        return lambda x, training: _conv(layer, x)
+        return lambda x, training, scales: _conv(layer, x)
     if isinstance(layer, keras.layers.Activation) and \
             getattr(layer.activation, "__name__", "") in ("silu", "swish"):
-        return lambda x, training: _silu(x)
+        return lambda x, training, scales: _silu(x)
     if isinstance(layer, keras.layers.GlobalAveragePooling2D):
-        return lambda x, training: x.mean((2, 3), keepdim=layer.keepdims)
+        return lambda x, training, scales: x.mean((2, 3), keepdim=layer.keepdims)
     if isinstance(layer, keras.layers.GlobalMaxPooling2D):
-        return lambda x, training: x.amax((2, 3), keepdim=layer.keepdims)
+        return lambda x, training, scales: x.amax((2, 3), keepdim=layer.keepdims)
     return None
 
 
@@ -142,22 +146,44 @@ class FastTrainingModel(keras.Model):
         super().__init__(model.inputs, model.outputs, name=f"{model.name}_fast_train")
         self._nhwc = _source_format(layers) == "channels_last"
         channel_axis = 3 if self._nhwc else 1
-        # A tuple: Keras does not track it (the layers are tracked through the graph).
-        self._plan = tuple((_lowering(layer, channel_axis), layer) for layer in layers[1:])
+        # Maximal runs of lowered layers, and the other layers one by one. Tuples: Keras does
+        # not track them (the layers are tracked through the graph).
+        segments, run = [], []
+        for layer in layers[1:]:
+            fn = _lowering(layer, channel_axis)
+            if fn is not None:
+                run.append(fn)
+                continue
+            if run:
+                segments.append(tuple(run))
+                run = []
+            segments.append(layer)
+        self._segments = tuple(segments + ([tuple(run)] if run else []))
+        self._blocks = tuple(layer for layer in layers if getattr(layer, "drop_path", None))
 
     def call(self, inputs, training=None, mask=None):
         x = keras.ops.convert_to_tensor(keras.tree.flatten(inputs)[0], self.inputs[0].dtype)
-        training, nchw = bool(training), False
-        for fn, layer in self._plan:
-            if fn is None:
-                if nchw and x.ndim == 4:
-                    x, nchw = self._from_nchw(x), False
-                x = layer(x, training=training)
-                continue
-            if not nchw:
-                x, nchw = self._to_nchw(x), True
-            x = fn(x, training)
-        return self._from_nchw(x) if nchw and x.ndim == 4 else x
+        training = bool(training)
+        scales = self._drop_path_scales(x.shape[0]) if training else {}
+        for segment in self._segments:
+            if isinstance(segment, tuple):
+                x = self._run(segment, x, training, scales)
+            else:
+                x = segment(x, training=training)
+        return x
+
+    def _run(self, steps, x, training, scales):
+        """Lowered layers on ``x`` in the model's layout (NCHW in channels_last inside)."""
+        x = self._to_nchw(x)
+        for fn in steps:
+            x = fn(x, training, scales)
+        return self._from_nchw(x) if x.ndim == 4 else x
+
+    @torch.compiler.disable  # one graph break under torch.compile, not one per block
+    def _drop_path_scales(self, batch_size):
+        """Each block's DropPath draw for this call (its own seed generator, as Keras')."""
+        return {layer.name: layer.drop_path.sample_scale(batch_size, 4, layer.compute_dtype)
+                for layer in self._blocks if layer.drop_path.rate > 0}
 
     def _to_nchw(self, x):
         if self._nhwc:
