@@ -1,4 +1,4 @@
-"""The torch-backend half of the fast inference path (the only torch code in keras_effv2.fast).
+"""The torch-backend half of the fast inference path (its training half: ``_torch_train.py``).
 
 ``predictor(model)`` returns ``f(x) -> np.ndarray`` that runs a functional model under
 ``torch.inference_mode()``, node by node in Keras' own order, and drops each intermediate
