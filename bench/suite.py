@@ -11,7 +11,8 @@ Contenders (all ``weights=None``, 1000 classes, preprocessing in the Keras model
   ``jit_compile`` (``--jit``; ``auto`` = ``keras_effv2.fast.FAST_JIT_COMPILE``: XLA off on
   TensorFlow, measured 5-8x slower on CPU, Keras' own default would switch it on).
 - ``ours_fast``: forward ``keras_effv2.fast.optimize_for_inference`` + ``make_predictor``;
-  training ``train_on_batch`` of ``keras_effv2.fast.optimize_for_training(model)``.
+  training ``train_on_batch`` of ``keras_effv2.fast.optimize_for_training(model)`` (not on
+  TensorFlow, where that is the model itself).
 - ``timm`` (torch backend): timm ``tf_efficientnetv2_*``, channels_last, eager,
   ``inference_mode`` for forward; ``timm_compile`` with ``--torch-compile``.
 With ``--memory`` each contender also runs one step (forward, or training step) in a fresh
@@ -86,7 +87,9 @@ def _keras_model(kind: str, case: Case, size: int):
 
 def contenders(case: Case, torch_compile: bool = False) -> list[str]:
     """Names of the contenders of ``case`` on the current backend."""
-    names = [BASELINE, "ours", "ours_fast"]
+    # On TensorFlow optimize_for_training returns the model itself: no second, equal contender.
+    fast_train = keras.backend.backend() != "tensorflow"
+    names = [BASELINE, "ours"] + (["ours_fast"] if case.mode == "forward" or fast_train else [])
     if keras.backend.backend() == "torch":
         names += ["timm"] + (["timm_compile"] if torch_compile else [])
     return names
