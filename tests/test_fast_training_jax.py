@@ -51,7 +51,9 @@ def _values(model):  # "variables" includes the seed-generator states
     return [to_numpy(v).copy() for v in model.variables]
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+# Adam runs the same gradients through an elementwise update: the SGD case guards the
+# gradients in the default suite, Adam (two more XLA compiles, ~80 s here) with --run-large.
+@pytest.mark.parametrize("optimizer", ["sgd", pytest.param("adam", marks=pytest.mark.large)])
 def test_one_training_step_updates_every_variable_as_the_plain_model(optimizer):
     plain, fast = _pair()
     x, y = random_images(4, SIZE, seed=4), np.array([1, 3, 5, 7])
@@ -70,16 +72,16 @@ def test_one_training_step_updates_every_variable_as_the_plain_model(optimizer):
     changed, worst = {"trainable": 0, "moving": 0}, 0.0
     for v, b, p, f in zip(plain.variables, before, _values(plain), _values(fast), strict=True):
         np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5, err_msg=v.path)
+        worst = max(worst, float(np.abs(f - p).max()))
         if optimizer == "sgd" and id(v) in trainable:
             # 1e-3 of the update's scale, plus the rounding of w - lr*g (a few ulps of w).
-            diff = np.abs((f - b) - (p - b)).max()
-            worst = max(worst, diff / np.abs(p - b).max())
-            assert diff <= 1e-3 * np.abs(p - b).max() + 8 * np.spacing(np.abs(b).max()), v.path
+            tol = 1e-3 * np.abs(p - b).max() + 8 * np.spacing(np.abs(b).max())
+            assert np.abs((f - b) - (p - b)).max() <= tol, v.path
         for kind, ids in (("trainable", trainable), ("moving", moving)):
             changed[kind] += id(v) in ids and not np.allclose(f, b, rtol=1e-6, atol=0)
     assert changed["trainable"] > 0.9 * len(trainable)  # a real step moved nearly every weight
     assert changed["moving"] == len(moving)
-    print(f"{optimizer}: worst SGD update difference / update scale {worst:.2e}")
+    print(f"{optimizer}: max |fast - plain| over the updated variables {worst:.2e}")
     ref = to_numpy(plain.predict_on_batch(x))  # inference mode (BN moving statistics)
     assert np.abs(ref).max() > 0.05
     np.testing.assert_allclose(to_numpy(fast.predict_on_batch(x)), ref, rtol=1e-4, atol=1e-5)

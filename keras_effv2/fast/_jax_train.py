@@ -16,9 +16,12 @@ of which only the diagonal is kept (``f32[672,3,3,672]`` for a 672-channel block
 - 1x1 convolutions are matrix products over the channel axis, so their filter gradient is a
   ``dot`` instead of a convolution with an H x W window.
 
-Measured in one process, B0 224 batch 16 Adam, 3 interleaved steps each, median (2 loaded
-cores): plain 1.16 img/s; matmuls + shifted depthwise by autodiff 3.39 (2.9x); + the custom
-depthwise gradient 3.74 (3.2x); + tap-matmul filter gradient of the fused convs 4.08 (3.5x).
+Measured in one process (B0 224, batch 16, Adam, jitted ``train_on_batch``; medians of 3
+interleaved steps on 2 loaded cores): plain 1.16 img/s; 1x1 matmuls + shifted depthwise by
+plain autodiff 3.39 (2.9x); + the custom depthwise gradient 3.74 (3.2x); + the tap-matmul
+filter gradient of the fused convs 4.08 (3.5x). Against that last one: 1x1 convs left as
+convolutions 0.63x; filter gradients 4 images per scan step 1.01x (kept at 1); taps transposed
+to (C, B, H, W) for plain matrix products 0.94x.
 
 Every other layer (BatchNormalization in training mode, SiLU, squeeze-excite, stochastic
 depth, dropout, the classifier) is the original layer object, called as in the model, so
