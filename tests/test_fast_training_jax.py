@@ -14,7 +14,7 @@ import dataclasses
 import keras
 import numpy as np
 import pytest
-from helpers import random_images, to_numpy
+from helpers import normal_images, to_numpy
 from test_fast_path import randomize_batchnorm
 
 from keras_effv2.configs import VARIANTS, _stages
@@ -41,7 +41,7 @@ def _pair():
     models = []
     for _ in range(2):
         keras.utils.set_random_seed(3)
-        model = build_efficientnetv2(TINY, weights=None, input_shape=(SIZE, SIZE, 3),
+        model = build_efficientnetv2(TINY, input_shape=(SIZE, SIZE, 3),
                                      classes=10, dropout_rate=0.3, drop_path_rate=0.3)
         models.append(randomize_batchnorm(model, seed=3))
     return models[0], optimize_for_training(models[1])
@@ -56,7 +56,7 @@ def _values(model):  # "variables" includes the seed-generator states
 @pytest.mark.parametrize("optimizer", ["sgd", pytest.param("adam", marks=pytest.mark.large)])
 def test_one_training_step_updates_every_variable_as_the_plain_model(optimizer):
     plain, fast = _pair()
-    x, y = random_images(4, SIZE, seed=4), np.array([1, 3, 5, 7])
+    x, y = normal_images(4, SIZE, seed=4), np.array([1, 3, 5, 7])
     before = _values(plain)
     # Adam's first step is lr * g / (|g| + eps): with the default eps=1e-7 a weight whose
     # gradient is float noise moves by +-lr at random; eps=1e-3 keeps it smooth in g.
@@ -88,7 +88,7 @@ def test_one_training_step_updates_every_variable_as_the_plain_model(optimizer):
 
 
 def test_fast_model_shares_variables_names_and_head():
-    model = build_efficientnetv2(TINY, weights=None, input_shape=(SIZE, SIZE, 3), classes=10)
+    model = build_efficientnetv2(TINY, input_shape=(SIZE, SIZE, 3), classes=10)
     fast = optimize_for_training(model)
     assert [id(v) for v in fast.variables] == [id(v) for v in model.variables]
     assert [layer.name for layer in fast.layers] == [layer.name for layer in model.layers]
