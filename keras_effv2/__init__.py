@@ -15,11 +15,12 @@ from keras_effv2.applications import (
     EfficientNetV2M,
     EfficientNetV2S,
     EfficientNetV2XL,
+    preprocess_input,
 )
 from keras_effv2.configs import VARIANTS, VariantSpec, get_variant
 from keras_effv2.features import feature_endpoints, feature_extractor, grad_cam_model
 from keras_effv2.labels import decode_predictions
-from keras_effv2.preprocessing import PreprocessingSpec, preprocess_input
+from keras_effv2.preprocessing import PreprocessingSpec
 from keras_effv2.version import __version__
 from keras_effv2.weights import WEIGHTS, WeightsSpec, get_weights_spec, list_weights
 

@@ -7,6 +7,7 @@ run resumes from its last backup when the same command is run again (backup/ in 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -17,6 +18,9 @@ EXAMPLES = """examples:
   python -m keras_effv2.train --recipe colab-oxford_flowers102 --progressive automl-s
   # CIFAR-10 with two JAX/TF devices, 2000 steps
   python -m keras_effv2.train --dataset cifar10 --distribution data-parallel --steps 2000
+  # two hosts, one process each (same command on both, its own --process-id; process 0 writes)
+  python -m keras_effv2.train --dataset cifar10 --distribution multi-process \
+      --job-addresses 10.0.0.1:12345,10.0.0.2:12345 --num-processes 2 --process-id 0
   # your own images: one subfolder per class (or train/ and test/ subfolders)
   python -m keras_effv2.train --dataset folder:/data/pets --model b0 --batch-size 32
   # Stanford Cars: put the manual copy in DATA_DIR/downloads/manual/ (see the README)
@@ -53,9 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", choices=["on", "off"], help="default: recipe's")
     p.add_argument("--output", default="runs/train", help="output folder (default runs/train)")
     p.add_argument("--data-dir", help="tensorflow-datasets data_dir")
-    p.add_argument("--distribution", choices=["none", "data-parallel"], default="none",
-                   help="data-parallel: keras.distribution.DataParallel on jax, "
-                   "tf.distribute.MirroredStrategy on tensorflow; not offered on torch")
+    p.add_argument("--distribution", choices=["none", "data-parallel", "multi-process"],
+                   default="none",
+                   help="data-parallel: this process's devices (keras.distribution.DataParallel "
+                   "on jax, tf.distribute.MirroredStrategy on tensorflow); multi-process: one "
+                   "process per host (jax.distributed + DataParallel on jax, "
+                   "MultiWorkerMirroredStrategy on tensorflow); not offered on torch")
+    p.add_argument("--job-addresses", help="multi-process: HOST:PORT of every process, process "
+                   "0 first, comma-separated (jax needs only process 0's, the coordinator); "
+                   "default $KERAS_DISTRIBUTION_JOB_ADDRESSES, or TF_CONFIG on tensorflow")
+    p.add_argument("--num-processes", type=int,
+                   help="multi-process: default $KERAS_DISTRIBUTION_NUM_PROCESSES")
+    p.add_argument("--process-id", type=int, help="multi-process: this process, 0 .. N-1 "
+                   "(0 writes the outputs); default $KERAS_DISTRIBUTION_PROCESS_ID")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-tensorboard", action="store_true")
     p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
@@ -69,19 +83,29 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
     from keras_effv2.training import make_plan, run_recipe
+    from keras_effv2.training.distribution import initialize_multi_process, resolve_cluster
 
+    cluster = dict(job_addresses=args.job_addresses, num_processes=args.num_processes,
+                   process_id=args.process_id)
     overrides = dict(
         model=args.model, batch_size=args.batch_size, learning_rate=args.learning_rate,
         total_steps=args.steps, progressive=args.progressive,
         mixed_precision=None if args.mixed_precision is None else args.mixed_precision == "on",
         weights=args.weights)
     try:
+        if args.distribution != "multi-process" and any(v is not None for v in cluster.values()):
+            raise ValueError("--job-addresses, --num-processes and --process-id are for "
+                             "--distribution multi-process.")
         if args.dry_run:
             plan = make_plan(args.recipe, dataset=args.dataset, epochs=args.epochs,
                              steps_per_epoch=args.steps_per_epoch, **overrides)
             plan["distribution"] = args.distribution
+            if args.distribution == "multi-process":  # checked, nothing started
+                plan["cluster"] = dataclasses.asdict(resolve_cluster(**cluster))
             print(json.dumps(plan, indent=2))
             return 0
+        if args.distribution == "multi-process":
+            initialize_multi_process(**cluster)  # before anything runs on the backend
         result = run_recipe(
             args.recipe, dataset=args.dataset, output_dir=args.output, data_dir=args.data_dir,
             epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,

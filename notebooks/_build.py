@@ -185,8 +185,8 @@ import numpy as np
 from PIL import Image
 
 import keras_effv2
-from keras_effv2 import pretrained
 from keras_effv2.eval_transforms import pil_eval_transform
+from keras_effv2.weights import fetch_source
 
 print(f"Keras {keras.__version__} on {keras.backend.backend()}; timm {timm.__version__}")'''),
     new_markdown_cell(
@@ -196,7 +196,7 @@ print(f"Keras {keras.__version__} on {keras.backend.backend()}; timm {timm.__ver
     new_code_cell('''\
 VARIANT = "b0" if SMALL else "s"
 spec = keras_effv2.get_weights_spec(VARIANT, "imagenet")
-source = pretrained.fetch_source(spec)
+source = fetch_source(spec)
 print(spec.url, "->", source)
 reference = timm.create_model(f"tf_efficientnetv2_{VARIANT}", pretrained=False)
 reference.load_state_dict(load_file(source))

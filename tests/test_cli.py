@@ -16,14 +16,13 @@ import numpy as np
 import pytest
 from sample_photos import sample_image_paths
 
-from keras_effv2 import pretrained
+from keras_effv2.applications import EfficientNetV2
 from keras_effv2.cli import convert as cli_convert
 from keras_effv2.cli.main import DELEGATED, PARSED, main
 from keras_effv2.configs import VARIANTS
 from keras_effv2.eval_transforms import eval_transform, pil_eval_transform, pil_eval_transform_for
 from keras_effv2.labels import class_names
-from keras_effv2.model import build_efficientnetv2
-from keras_effv2.weights import WEIGHTS
+from keras_effv2.weights import MIRROR_ENV, WEIGHTS, cache_dir
 
 pytest.importorskip("timm")
 pytest.importorskip("safetensors")
@@ -59,7 +58,7 @@ def reference(tmp_path_factory):
     home = tmp_path_factory.mktemp("keras_home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KERAS_HOME", str(home))
-        mp.setenv(pretrained.MIRROR_ENV, str(mirror))
+        mp.setenv(MIRROR_ENV, str(mirror))
         yield model, st, mirror, home
 
 
@@ -178,12 +177,12 @@ def b0_random(tmp_path_factory):
     ``save_weights``, and the same weights as a 64 px ``.keras`` model without normalisation
     layer or softmax."""
     keras.utils.set_random_seed(7)
-    model = build_efficientnetv2("b0")
+    model = EfficientNetV2("b0")
     head = model.get_layer("predictions")
     head.kernel.assign(keras.ops.convert_to_numpy(head.kernel) * 1000)
     d = tmp_path_factory.mktemp("b0_random")
     model.save_weights(str(d / "b0.weights.h5"))
-    bare = build_efficientnetv2("b0", input_shape=(64, 64, 3), include_preprocessing=False,
+    bare = EfficientNetV2("b0", input_shape=(64, 64, 3), include_preprocessing=False,
                                 classifier_activation=None)
     bare.set_weights(model.get_weights())
     bare.save(str(d / "b0_logits.keras"))
@@ -233,7 +232,7 @@ def test_predict_weights_file_matches_in_memory_model(b0_random, capsys):
     assert code == 0 and "note:" not in err
     results = json.loads(out)
     assert {r["preprocessing"] for r in results} == {"b0.in21k_ft_in1k"}
-    other = build_efficientnetv2("b0", include_preprocessing=spec.preprocessing)
+    other = EfficientNetV2("b0", include_preprocessing=spec.preprocessing)
     other.set_weights(model.get_weights())
     expected = in_memory_top5(other, images, pil_eval_transform_for(spec))
     assert_same_top5(results, expected)
@@ -297,8 +296,8 @@ def test_predict_download_failure_exits_1(reference, capsys):
     code, out, err = run_cli(["predict", sample_image_paths()["china"], "--model", "b1"],
                              capsys)
     assert code == 1 and out == ""
-    assert "could not load weights 'b1.in1k'" in err and pretrained.MIRROR_ENV in err
-    assert not os.path.exists(os.path.join(pretrained.cache_dir(), WEIGHTS["b1.in1k"]
+    assert "could not load weights 'b1.in1k'" in err and MIRROR_ENV in err
+    assert not os.path.exists(os.path.join(cache_dir(), WEIGHTS["b1.in1k"]
                                            .converted_name))
 
 

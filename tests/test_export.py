@@ -9,8 +9,7 @@ from helpers import normal_images, to_backend_layout
 
 import keras_effv2
 from keras_effv2 import export
-from keras_effv2.porting import assign_weights, timm_mapping
-from keras_effv2.porting.key_map import TIMM_IGNORED_SUFFIXES
+from keras_effv2.weights import TIMM_IGNORED_SUFFIXES, assign_weights, timm_mapping
 
 pytest.importorskip("timm")
 from helpers_timm import make_timm_model, timm_state_dict  # noqa: E402

@@ -10,6 +10,7 @@ from helpers import random_images, to_numpy
 import keras_effv2
 from keras_effv2.fast import fuse_batchnorm, make_predictor, optimize_for_inference
 from keras_effv2.fast.layers import ShiftDepthwiseConv2D
+from keras_effv2.keras_graph import nested_layers, node_operation
 from keras_effv2.layers import MBConv
 
 TOL = 1e-4
@@ -18,7 +19,7 @@ TOL = 1e-4
 def randomize_batchnorm(model, seed=0):
     """Non-trivial BN statistics and affines, small enough that activations stay O(1)."""
     rng = np.random.default_rng(seed)
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in nested_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             c = layer.gamma.shape[0]
             layer.gamma.assign(rng.uniform(0.2, 0.5, c).astype("float32"))
@@ -36,7 +37,7 @@ def _infer(model, x):
 
 
 def _all_layers(model):
-    return list(model._flatten_layers(include_self=False, recursive=True))
+    return nested_layers(model)
 
 
 def _count(model, cls):
@@ -179,7 +180,7 @@ def test_torch_predictor_lowers_every_fused_layer_and_matches():
     fast = optimize_for_inference(model)
     # Only the input normalisation still runs through Keras; everything else is direct torch.
     plan = _torch._plan(fast)
-    kept = [type(op).__name__ for op, node, _ in plan if op is fast._get_operation_for_node(node)]
+    kept = [type(op).__name__ for op, node, _ in plan if op is node_operation(fast, node)]
     assert kept == ["InputNormalization"]
     x_before = x.copy()
     out = make_predictor(fast)(x)

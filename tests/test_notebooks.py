@@ -16,8 +16,7 @@ import urllib.parse
 import keras
 import pytest
 
-from keras_effv2 import pretrained
-from keras_effv2.weights import WEIGHTS
+from keras_effv2.weights import MIRROR_ENV, WEIGHTS
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -86,7 +85,7 @@ def offline_env(tmp_path_factory):
     return {
         "KERAS_EFFV2_NOTEBOOK_SMALL": "1",
         "KERAS_EFFV2_NOTEBOOK_MOCK_DATA": "1",
-        pretrained.MIRROR_ENV: str(mirror),
+        MIRROR_ENV: str(mirror),
         "KERAS_HOME": str(tmp_path_factory.mktemp("keras_home")),
         "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
         "TF_CPP_MIN_LOG_LEVEL": "3",

@@ -11,8 +11,7 @@ from helpers import normal_images, to_numpy
 
 import keras_effv2
 from keras_effv2.layers import DropPath, FusedMBConv, InputNormalization, MBConv, SqueezeExcite
-from keras_effv2.porting import assign_weights, timm_mapping
-from keras_effv2.porting.key_map import TIMM_IGNORED_SUFFIXES
+from keras_effv2.weights import TIMM_IGNORED_SUFFIXES, assign_weights, timm_mapping
 
 BACKENDS = ("tensorflow", "jax", "torch")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,10 +11,9 @@ import pytest
 from helpers import to_backend_layout, to_numpy
 
 import keras_effv2
-from keras_effv2 import model as model_module
-from keras_effv2 import pretrained
+from keras_effv2 import applications
 from keras_effv2.preprocessing import AUTOML_128, IMAGENET, INCEPTION
-from keras_effv2.weights import WEIGHTS, get_weights_spec
+from keras_effv2.weights import WEIGHTS, WeightsDownloadError, cache, get_weights_spec, load
 
 pytest.importorskip("timm")
 pytest.importorskip("safetensors")
@@ -29,14 +28,20 @@ MATRIX = {
     "s": ("in1k", "in21k", "in21k_ft_in1k"), "m": ("in1k", "in21k", "in21k_ft_in1k"),
     "l": ("in1k", "in21k", "in21k_ft_in1k"), "xl": ("in21k", "in21k_ft_in1k"),
 }
-# timm pretrained_cfg (architecture.md §2.3): (crop_pct, crop_mode), snapshotted.
-TIMM_CROP = {
-    "b0.in1k": (0.875, "center"), "b1.in1k": (0.882, "center"), "b2.in1k": (0.890, "center"),
-    "b3.in1k": (0.904, "center"), "b3.in21k": (0.904, "center"),
-    "b3.in21k_ft_in1k": (0.9, "squash"),
-    **{f"s.{t}": (1.0, "center") for t in MATRIX["s"]},
-    **{f"{v}.{t}": (1.0, "squash") for v in ("m", "l", "xl") for t in MATRIX[v]},
+# What automl trained each family with (architecture.md §2.1; automl preprocessing.py,
+# preprocess_legacy.py, datasets.py), in [0, 1]-scale mean/std: y = (x / 255 - mean) / std.
+AUTOML_NORMALISATION = {
+    "b in1k": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # effnetv1_autoaug (legacy)
+    "s/m/l in1k": ((128 / 255,) * 3, (128 / 255,) * 3),  # randaug: (x - 128) / 128
+    "in21k": ((128 / 255,) * 3, (128 / 255,) * 3),  # ImageNet21k, augname None
+    "in21k_ft_in1k": ((0.5,) * 3, (0.5,) * 3),  # ImagenetFt, augname 'ft'
 }
+
+
+def family(w):
+    if w.tag == "in1k":
+        return "b in1k" if w.variant.startswith("b") else "s/m/l in1k"
+    return w.tag
 
 
 def url_path(url):
@@ -52,14 +57,8 @@ def test_registry_matrix_and_metadata():
         assert w.url.startswith("https://") and w.url.endswith(".tgz" if automl else
                                                                "/model.safetensors")
         pp = w.preprocessing
-        if w.tag != "in1k":
-            assert (pp.mean, pp.std) == (INCEPTION.mean, INCEPTION.std), key
-        elif w.variant.startswith("b"):
-            assert (pp.mean, pp.std) == (IMAGENET.mean, IMAGENET.std), key
-        else:  # automl trained S/M/L 1k with (x - 128) / 128; timm rounds to 0.5/0.5
-            assert (pp.mean, pp.std) == (AUTOML_128.mean, AUTOML_128.std), key
-        if not automl:
-            assert (pp.crop_pct, pp.crop_mode, pp.interpolation) == (*TIMM_CROP[key], "bicubic")
+        assert (pp.mean, pp.std) == AUTOML_NORMALISATION[family(w)], key
+        assert pp.source.startswith("mean/std: automl ") and "; resize/crop: " in pp.source
         assert w.train_size < w.eval_size or w.tag == "in21k"
     assert WEIGHTS["b0.in21k"].url.endswith("/efficientnetv2-b0-21k.tgz")
     assert WEIGHTS["s.in21k_ft_in1k"].url == (
@@ -67,6 +66,44 @@ def test_registry_matrix_and_metadata():
         "model.safetensors")
     assert len(keras_effv2.list_weights()) == 23
     assert keras_effv2.list_weights("l")[2]["top1"] == 86.9
+
+
+def test_timm_entries_follow_timms_pretrained_cfg():
+    """Eval resize/crop, sizes and head of every timm-sourced set are timm's own (the installed
+    timm's ``pretrained_cfg``), and so is the normalisation up to (x - 128) / 128 against
+    timm's (x - 127.5) / 127.5 where automl trained with the former."""
+    from timm.models import get_pretrained_cfg
+
+    timm_keys = [k for k, w in WEIGHTS.items() if w.source_format == "timm-safetensors"]
+    assert len(timm_keys) == 17
+    for key in timm_keys:
+        w, cfg = WEIGHTS[key], get_pretrained_cfg(f"tf_efficientnetv2_{key}")
+        pp = w.preprocessing
+        assert cfg.hf_hub_id == f"timm/tf_efficientnetv2_{key}", key
+        assert (pp.crop_pct, pp.crop_mode, pp.interpolation) == (
+            cfg.crop_pct, cfg.crop_mode, cfg.interpolation), key
+        assert (w.train_size, w.eval_size) == (cfg.input_size[1], cfg.test_input_size[1]), key
+        assert w.num_classes == cfg.num_classes, key
+        assert pp.source.endswith(f"resize/crop: timm pretrained_cfg tf_efficientnetv2_{key}")
+        if (pp.mean, pp.std) != (tuple(cfg.mean), tuple(cfg.std)):
+            assert cfg.mean == cfg.std == (0.5,) * 3 and pp.mean == pp.std == (128 / 255,) * 3
+            assert family(w) in ("s/m/l in1k", "in21k"), key
+
+
+def test_automl_entries_follow_automls_eval():
+    """B0-B2 21k sets exist only as automl checkpoints: automl's own eval (datasets.py,
+    preprocessing.py). 21k pretraining: 224 px, center crop 224 / (224 + 32), bilinear;
+    21k-ft1k ('ft' path): the whole image resized to the eval size, bilinear."""
+    for v, eval_size in (("b0", 224), ("b1", 240), ("b2", 260)):
+        w = WEIGHTS[f"{v}.in21k"]
+        assert (w.train_size, w.eval_size, w.preprocessing.crop_pct, w.preprocessing.crop_mode,
+                w.preprocessing.interpolation) == (224, 224, 224 / (224 + 32), "center",
+                                                   "bilinear")
+        assert "ImageNet21k" in w.preprocessing.source
+        w = WEIGHTS[f"{v}.in21k_ft_in1k"]
+        assert (w.eval_size, w.preprocessing.crop_pct, w.preprocessing.crop_mode,
+                w.preprocessing.interpolation) == (eval_size, 1.0, "squash", "bilinear")
+        assert "preprocess_for_finetune" in w.preprocessing.source
 
 
 def test_tags_and_errors():
@@ -95,12 +132,12 @@ def test_every_entry_resolves_through_folder_mirror(tmp_path, keras_home, monkey
     for w in WEIGHTS.values():
         (mirror / url_path(w.url)).parent.mkdir(parents=True, exist_ok=True)
         (mirror / url_path(w.url)).write_bytes(w.key.encode())
-    monkeypatch.setenv(pretrained.MIRROR_ENV, str(mirror))
+    monkeypatch.setenv(cache.MIRROR_ENV, str(mirror))
     for w in WEIGHTS.values():
-        path = pretrained.fetch_source(w)
+        path = cache.fetch_source(w)
         assert path.startswith(str(keras_home)) and open(path, "rb").read() == w.key.encode()
-    monkeypatch.setenv(pretrained.MIRROR_ENV, mirror.as_uri() + "/")
-    assert pretrained.source_origin(WEIGHTS["xl.in21k"].url) == (
+    monkeypatch.setenv(cache.MIRROR_ENV, mirror.as_uri() + "/")
+    assert cache.source_origin(WEIGHTS["xl.in21k"].url) == (
         mirror.as_uri() + "/timm/tf_efficientnetv2_xl.in21k/resolve/main/model.safetensors")
 
 
@@ -139,13 +176,17 @@ def test_imagenet_tag_end_to_end(upstream, tmp_path, keras_home, monkeypatch):
     reference, mirror = upstream
     local = tmp_path / "mirror"
     shutil.copytree(mirror, local)
-    monkeypatch.setenv(pretrained.MIRROR_ENV, str(local))
+    monkeypatch.setenv(cache.MIRROR_ENV, str(local))
     spec = WEIGHTS["b0.in1k"]
     images = raw_images(spec)
     expected = reference
     model = keras_effv2.EfficientNetV2B0(weights="imagenet", classifier_activation=None)
     np.testing.assert_allclose(predict(model, images), expected, rtol=0, atol=TOL)
     assert cache_files(keras_home) == [spec.converted_name, spec.converted_name + ".sha256"]
+    # weights.load on a built model: the variant is read off its blocks.
+    built = keras_effv2.EfficientNetV2("b0", weights=None, classifier_activation=None)
+    load(built, "imagenet")
+    np.testing.assert_allclose(predict(built, images), expected, rtol=0, atol=TOL)
     # Cached: works without the mirror; a corrupted entry is re-fetched once.
     cached = keras_home / "models" / "keras_effv2" / spec.converted_name
     with open(cached, "r+b") as f:
@@ -157,14 +198,14 @@ def test_imagenet_tag_end_to_end(upstream, tmp_path, keras_home, monkeypatch):
     model = keras_effv2.EfficientNetV2B0(weights="imagenet", classifier_activation=None)
     np.testing.assert_allclose(predict(model, images), expected, rtol=0, atol=TOL)
     cached.write_bytes(b"garbage")
-    with pytest.raises(pretrained.WeightsDownloadError, match="after a retry"):
+    with pytest.raises(WeightsDownloadError, match="after a retry"):
         keras_effv2.EfficientNetV2B0(weights="imagenet")
     assert cache_files(keras_home) == []
 
 
 def test_automl_tgz_through_url_mirror_and_fresh_head(upstream, keras_home, monkeypatch, caplog):
     reference, mirror = upstream
-    monkeypatch.setenv(pretrained.MIRROR_ENV, mirror.as_uri())
+    monkeypatch.setenv(cache.MIRROR_ENV, mirror.as_uri())
     spec = WEIGHTS["b0.in21k_ft_in1k"]
     images = raw_images(spec)
     full = keras_effv2.EfficientNetV2B0(weights="imagenet21k-ft1k", classifier_activation=None)
@@ -184,13 +225,16 @@ def test_automl_tgz_through_url_mirror_and_fresh_head(upstream, keras_home, monk
 
 def test_21k_tag_defaults_classes_and_preprocessing(monkeypatch):
     calls = []
-    monkeypatch.setattr(model_module, "load_pretrained",
-                        lambda m, spec, load_head: calls.append((spec.key, load_head)))
+    monkeypatch.setattr(applications, "load",
+                        lambda m, weights, variant: calls.append((variant, weights, m.name)))
     model = keras_effv2.EfficientNetV2B0(weights="imagenet21k")
-    assert model.output_shape == (None, 21843) and calls == [("b0.in21k", True)]
+    assert model.output_shape == (None, 21843) and calls == [("b0", "in21k", "efficientnetv2_b0")]
+    assert model.get_layer("preprocessing").mean == AUTOML_128.mean  # 21k: (x - 128) / 128
+    model = keras_effv2.EfficientNetV2B0(weights="imagenet21k-ft1k", name="ft")
+    assert calls[-1] == ("b0", "in21k_ft_in1k", "ft") and model.output_shape == (None, 1000)
     assert model.get_layer("preprocessing").mean == INCEPTION.mean
     model = keras_effv2.EfficientNetV2S(weights="imagenet", include_top=False)
-    assert calls[-1] == ("s.in1k", False)
+    assert calls[-1] == ("s", "in1k", "efficientnetv2_s") and len(model.output_shape) == 4
     assert model.get_layer("preprocessing").mean == AUTOML_128.mean
 
 
@@ -204,10 +248,10 @@ def test_bad_download_leaves_no_cache_entry(upstream, tmp_path, keras_home, monk
     dst.parent.mkdir(parents=True)
     data = src.read_bytes()
     dst.write_bytes(data[: len(data) // 2] if problem == "truncated" else data)
-    monkeypatch.setenv(pretrained.MIRROR_ENV, str(tmp_path / "mirror"))
+    monkeypatch.setenv(cache.MIRROR_ENV, str(tmp_path / "mirror"))
     build = keras_effv2.EfficientNetV2B0 if problem == "truncated" else keras_effv2.EfficientNetV2B1
     message = "truncated" if problem == "truncated" else "missing from the timm checkpoint"
-    with pytest.raises(pretrained.WeightsDownloadError, match=message):
+    with pytest.raises(WeightsDownloadError, match=message):
         build(weights="imagenet")
     assert cache_files(keras_home) == []
     assert not [p for p in os.listdir(keras_home / "models" / "keras_effv2") if p.startswith(".")]

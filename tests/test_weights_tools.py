@@ -4,6 +4,7 @@ two processes loading the same tag into one cache at once."""
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -14,11 +15,9 @@ import pytest
 from helpers import to_backend_layout, to_numpy
 
 import keras_effv2
-from keras_effv2 import pretrained
-from keras_effv2 import weights as weights_module
 from keras_effv2.eval_transforms import eval_geometry, eval_transform
 from keras_effv2.labels import class_names
-from keras_effv2.weights import WEIGHTS
+from keras_effv2.weights import WEIGHTS, cache, registry
 from weights_tools import cli, verify
 from weights_tools import evaluate as ev
 
@@ -65,22 +64,21 @@ def mirror(tmp_path_factory):
 @pytest.fixture
 def keras_home(tmp_path, monkeypatch, mirror):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    monkeypatch.setenv(pretrained.MIRROR_ENV, str(mirror))
+    monkeypatch.setenv(cache.MIRROR_ENV, str(mirror))
     return tmp_path / "keras_home"
 
 
 CHILD = r"""
 import os, sys, time
 import keras_effv2
-from keras_effv2 import pretrained
-from keras_effv2.weights import WEIGHTS
+from keras_effv2.weights import WEIGHTS, ensure_cached
 ready = sys.argv[1]
 open(ready + "." + sys.argv[2], "w").close()
 deadline = time.time() + 120
 while not all(os.path.exists(f"{ready}.{i}") for i in (0, 1)) and time.time() < deadline:
     time.sleep(0.01)
-path, model = pretrained.cached_weights(WEIGHTS["b0.in1k"])
-print("CONVERTED" if model is not None else "CACHED", path)
+path, converted = ensure_cached(WEIGHTS["b0.in1k"])
+print("CONVERTED" if converted else "CACHED", path)
 """
 
 
@@ -100,8 +98,8 @@ def test_two_processes_load_same_tag_at_once(keras_home, tmp_path, monkeypatch):
     name = WEIGHTS["b0.in1k"].converted_name
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     assert files == [name, name + ".sha256"]
-    assert (root / (name + ".sha256")).read_text().strip() == pretrained.sha256_file(root / name)
-    monkeypatch.delenv(pretrained.MIRROR_ENV)  # no mirror: loads from the cache
+    assert (root / (name + ".sha256")).read_text().strip() == cache.sha256_file(root / name)
+    monkeypatch.delenv(cache.MIRROR_ENV)  # no mirror: loads from the cache
     keras_effv2.EfficientNetV2B0(weights="imagenet")
 
 
@@ -113,14 +111,14 @@ def test_stale_lock_is_broken(keras_home, monkeypatch):
     root = keras_home / "models" / "keras_effv2"
     root.mkdir(parents=True)
     lock = root / f".{spec.converted_name}.lock"
-    lock.write_text(f"{pretrained.socket.gethostname()} {dead.pid} 0\n")
+    lock.write_text(f"{socket.gethostname()} {dead.pid} 0\n")
     calls = []
-    monkeypatch.setattr(pretrained, "_fetch_and_convert", lambda s, o: calls.append(o) or (o, 1))
-    assert pretrained.cached_weights(spec)[1] == 1 and not lock.exists()
-    lock.write_text(f"{pretrained.socket.gethostname()} {os.getpid()} {time.time()}\n")
+    monkeypatch.setattr(cache, "fetch_and_convert", lambda s, o: calls.append(o) or (o, 1))
+    assert cache.ensure_cached(spec)[1] == 1 and not lock.exists()
+    lock.write_text(f"{socket.gethostname()} {os.getpid()} {time.time()}\n")
     with pytest.raises(TimeoutError):
         with _timeout(0.5):
-            pretrained.cached_weights(spec)
+            cache.ensure_cached(spec)
     assert lock.exists() and len(calls) == 1
 
 
@@ -233,7 +231,7 @@ def _own_rankings(model, root, spec):
 def test_evaluate_image_folder_counts(keras_home, tmp_path, monkeypatch, capsys):
     # b0.in1k's eval settings (center crop_pct 0.875, bicubic) at 64px instead of 224 (speed).
     spec = dataclasses.replace(WEIGHTS["b0.in1k"], eval_size=64)
-    monkeypatch.setitem(weights_module.WEIGHTS, spec.key, spec)
+    monkeypatch.setitem(registry.WEIGHTS, spec.key, spec)
     images = _write_jpegs(6)
     probe = _layout(tmp_path / "probe", images, [WNIDS[0], WNIDS[1], WNIDS[2]] * 2)
     model = keras_effv2.EfficientNetV2B0(weights="imagenet", classifier_activation=None)
@@ -305,7 +303,7 @@ def test_evaluate_tfds_imagenet2012_mock():
 
 def test_convert_all_manifest(keras_home, tmp_path, monkeypatch, capsys):
     keys = ("b0.in1k", "b0.in21k_ft_in1k")
-    monkeypatch.setattr(weights_module, "WEIGHTS", {k: WEIGHTS[k] for k in keys})
+    monkeypatch.setattr(registry, "WEIGHTS", {k: WEIGHTS[k] for k in keys})
     out = tmp_path / "converted"
     assert cli.main(["convert-all", "--output", str(out), "--variants", "b0",
                      "--verify-size", "32"]) == 0
@@ -318,7 +316,7 @@ def test_convert_all_manifest(keras_home, tmp_path, monkeypatch, capsys):
         path = out / e["file"]
         assert e["file"] == spec.converted_name and e["source_url"] == spec.url
         assert e["source_format"] == spec.source_format
-        assert e["sha256"] == pretrained.sha256_file(path) and e["size"] == path.stat().st_size
+        assert e["sha256"] == cache.sha256_file(path) and e["size"] == path.stat().st_size
     parity = entries["b0.in1k"]["parity"]
     assert parity["max_abs_diff"] <= 1e-4 and parity["top5_equal"] is True
     assert (parity["atol"], parity["rtol"]) == (1e-4, 1e-5)
@@ -328,8 +326,8 @@ def test_convert_all_manifest(keras_home, tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["manifest.json", *(e["file"] for e in entries.values())])
     # A filtered re-run keeps the other entries; a bad download is recorded, no file written.
-    src = pretrained.source_origin(WEIGHTS["b0.in1k"].url)
-    monkeypatch.setenv(pretrained.MIRROR_ENV, str(tmp_path / "empty"))
+    src = cache.source_origin(WEIGHTS["b0.in1k"].url)
+    monkeypatch.setenv(cache.MIRROR_ENV, str(tmp_path / "empty"))
     assert cli.main(["convert-all", "--output", str(out), "--tags", "imagenet"]) == 1
     manifest = json.loads((out / "manifest.json").read_text())
     entries = {e["key"]: e for e in manifest["entries"]}

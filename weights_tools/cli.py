@@ -14,28 +14,8 @@ import argparse
 import json
 import sys
 
-from keras_effv2.porting.assign import PortingError
-from keras_effv2.porting.convert import SOURCES, port_tensors, read_checkpoint, save_weights_atomic
-from keras_effv2.porting.readers import CheckpointError
-from weights_tools.readers import read_timm_checkpoint
-from weights_tools.verify import VerificationError, verify_against_source
-
-
-def convert(source, variant, checkpoint, output, verify=False, ema=True, verify_size=128):
-    """Read, port strictly, optionally verify, then write ``output`` atomically."""
-    if source == "timm":
-        tensors, extra = read_timm_checkpoint(checkpoint), {}
-    else:
-        tensors, extra = read_checkpoint(source, checkpoint, ema=ema)
-    model = port_tensors(variant, source, tensors, extra)
-    report = None
-    if verify:
-        top = any(w.path.startswith("predictions/") for w in model.weights)
-        classes = model.output_shape[-1] if top else None
-        report = verify_against_source(model, source, variant, tensors, checkpoint, classes,
-                                       image_size=verify_size)
-    save_weights_atomic(model, output)
-    return model, report
+from keras_effv2.weights import SOURCES, CheckpointError, PortingError, convert
+from weights_tools.verify import VerificationError, verifier
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,8 +92,10 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
     try:
-        _, report = convert(args.source, args.variant, args.checkpoint, args.output,
-                            verify=args.verify, ema=args.ema, verify_size=args.verify_size)
+        check = (verifier(args.source, args.variant, args.checkpoint, args.verify_size)
+                 if args.verify else None)
+        report = convert(args.variant, args.source, args.checkpoint, args.output, ema=args.ema,
+                         verify=check).report
     except (CheckpointError, PortingError, VerificationError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -20,13 +20,18 @@ import json
 import os
 import tempfile
 
-from keras_effv2 import pretrained
-from keras_effv2 import weights as registry
 from keras_effv2.configs import get_variant
-from keras_effv2.porting.assign import PortingError
-from keras_effv2.porting.convert import port_tensors, read_checkpoint, save_weights_atomic
-from keras_effv2.porting.readers import CheckpointError
-from weights_tools.verify import VerificationError, verify_against_source
+from keras_effv2.weights import (
+    CheckpointError,
+    PortingError,
+    WeightsDownloadError,
+    convert,
+    fetch_source,
+    normalize_tag,
+    registry,
+)
+from keras_effv2.weights.cache import remove_paths, sha256_file
+from weights_tools.verify import VerificationError, verifier
 
 MANIFEST = "manifest.json"
 
@@ -34,7 +39,7 @@ MANIFEST = "manifest.json"
 def select(variants=None, tags=None) -> list:
     """Registered ``WeightsSpec`` s, optionally only some variants and/or tags."""
     v = {get_variant(x).name for x in variants} if variants else None
-    t = {registry.normalize_tag(x) for x in tags} if tags else None
+    t = {normalize_tag(x) for x in tags} if tags else None
     chosen = [w for w in registry.WEIGHTS.values()
               if (v is None or w.variant in v) and (t is None or w.tag in t)]
     if not chosen:
@@ -43,26 +48,19 @@ def select(variants=None, tags=None) -> list:
     return chosen
 
 
-def _port(spec, source: str, workdir: str):
-    """``(model, tensors, checkpoint)`` from the downloaded upstream file, strictly."""
-    if spec.source_format == "timm-safetensors":
-        tensors, extra = read_checkpoint("timm", source)
-        return port_tensors(spec.variant, "timm", tensors, extra), tensors, source
-    folder = pretrained._extract_tgz(source, workdir)
-    tensors, extra = read_checkpoint("automl", folder)
-    return port_tensors(spec.variant, "automl", tensors, extra), tensors, folder
-
-
-def _parity(spec, model, tensors, checkpoint, verify_size: int):
-    if spec.source_format != "timm-safetensors":
-        return ("not verified: no reference implementation of google/automl's TF checkpoints "
-                "is installed (timm has no B0-B2 21k weights to compare with)")
+def _parity_check(spec, source: str, verify_size: int):
+    """``(verify or None, reason it is not verified)`` for ``convert``."""
+    if spec.source != "timm":
+        return None, ("not verified: no reference implementation of google/automl's TF "
+                      "checkpoints is installed (timm has no B0-B2 21k weights to compare with)")
     if importlib.util.find_spec("timm") is None:
-        return "not verified: timm is not installed"
+        return None, "not verified: timm is not installed"
+    return verifier("timm", spec.variant, source, verify_size), None
+
+
+def _parity(spec, report) -> dict:
     import timm
 
-    report = verify_against_source(model, "timm", spec.variant, tensors, checkpoint,
-                                   spec.num_classes, image_size=verify_size)
     return {"reference": f"timm {timm.__version__} tf_efficientnetv2_{spec.variant}",
             "max_abs_diff": report.max_abs_diff, "max_rel_diff": report.max_rel_diff,
             "limit": report.limit, "atol": report.atol, "rtol": report.rtol,
@@ -70,26 +68,25 @@ def _parity(spec, model, tensors, checkpoint, verify_size: int):
 
 
 def convert_one(spec, output_dir: str, verify_size: int = 128) -> dict:
+    """Fetch, convert (verified where timm is installed) and describe one weight set."""
     entry = {"key": spec.key, "variant": spec.variant, "tag": spec.tag,
              "source_url": spec.url, "source_format": spec.source_format,
              "num_classes": spec.num_classes}
-    workdir = tempfile.mkdtemp(prefix=".convert-", dir=output_dir)
     source = None
     try:
-        source = pretrained.fetch_source(spec)
-        entry["source_sha256"] = pretrained.sha256_file(source)
-        model, tensors, checkpoint = _port(spec, source, workdir)
-        entry["parity"] = _parity(spec, model, tensors, checkpoint, verify_size)
-        path = save_weights_atomic(model, os.path.join(output_dir, spec.converted_name))
-        entry.update(file=spec.converted_name, sha256=pretrained.sha256_file(path),
+        source = fetch_source(spec)
+        entry["source_sha256"] = sha256_file(source)
+        check, reason = _parity_check(spec, source, verify_size)
+        path = os.path.join(output_dir, spec.converted_name)
+        report = convert(spec.variant, spec.source, source, path, verify=check).report
+        entry["parity"] = _parity(spec, report) if check else reason
+        entry.update(file=spec.converted_name, sha256=sha256_file(path),
                      size=os.path.getsize(path))
-    except (CheckpointError, PortingError, VerificationError,
-            pretrained.WeightsDownloadError) as e:
+    except (CheckpointError, PortingError, VerificationError, WeightsDownloadError) as e:
         entry["error"] = f"{type(e).__name__}: {e}"
     finally:
-        pretrained._remove(workdir)
         if source is not None:
-            pretrained._remove(source)
+            remove_paths(source)
     return entry
 
 

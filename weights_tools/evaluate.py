@@ -135,10 +135,10 @@ def open_dataset(data: str, limit: int | None = None):
 
 def build_eval_model(spec):
     """Logits model with the weight set's own normalisation, weights loaded."""
-    from keras_effv2.model import build_efficientnetv2
+    from keras_effv2.applications import EfficientNetV2
 
-    return build_efficientnetv2(spec.variant, weights=spec.tag, classifier_activation=None,
-                                include_preprocessing=True)
+    return EfficientNetV2(spec.variant, weights=spec.tag, classifier_activation=None,
+                          include_preprocessing=True)
 
 
 def evaluate(variant, weights, data: str, limit: int | None = None, batch_size: int = 32,

@@ -22,6 +22,7 @@ Example:
     >>> compare_logits(ref + 5e-4, ref).passed  # 5e-4 <= 1e-4 + 1e-5 * 300
     True
     >>> # report = verify_against_source(model, "timm", "s", tensors, checkpoint_path)
+    >>> # convert("s", "timm", path, out, verify=verifier("timm", "s", path))
 """
 
 from __future__ import annotations
@@ -118,11 +119,9 @@ def timm_reference_logits(variant, tensors, num_classes, images_nhwc) -> np.ndar
 
 
 def keras_applications_logits(variant, checkpoint, num_classes, images_nhwc) -> np.ndarray:
-    """keras.applications ``EfficientNetV2*`` with the legacy ``.h5`` loaded."""
-    from keras.src.applications import efficientnet_v2 as kapp
-
+    """keras.applications ``EfficientNetV2*`` with the legacy ``.h5`` loaded (Keras' loader)."""
     name = get_variant(variant).name
-    ctor = getattr(kapp, f"EfficientNetV2{name.upper()}")
+    ctor = getattr(keras.applications, f"EfficientNetV2{name.upper()}")
     model = ctor(weights=None, include_top=num_classes is not None, classes=num_classes or 1000,
                  include_preprocessing=False, classifier_activation=None,
                  input_shape=images_nhwc.shape[1:], pooling=None if num_classes else "avg")
@@ -160,3 +159,17 @@ def verify_against_source(model, source, variant, tensors, checkpoint, num_class
     c = check_logits(got, expected, f"Converted {variant} disagrees with {source}", atol, rtol)
     return VerifyReport(source, c.max_abs_diff, c.top5_equal, image_size, c.max_rel_diff,
                         c.limit, c.atol, c.rtol)
+
+
+def model_classes(model) -> int | None:
+    """The classifier width of a converted logits model, ``None`` without the top."""
+    return model.output_shape[-1] if len(model.output_shape) == 2 else None
+
+
+def verifier(source, variant, checkpoint, image_size: int = 128):
+    """``verify(model, tensors) -> VerifyReport`` for ``keras_effv2.weights.convert``."""
+    def verify(model, tensors):
+        return verify_against_source(model, source, variant, tensors, checkpoint,
+                                     model_classes(model), image_size=image_size)
+
+    return verify

@@ -1,8 +1,9 @@
 """``keras-effv2 convert ...``: the weights_tools converter.
 
 ``keras-effv2 convert ARGS`` runs ``python -m weights_tools convert ARGS`` (one upstream
-checkpoint to ``.weights.h5``); ``keras-effv2 convert --all ARGS`` runs ``convert-all``
-(every registered weight set, verified, with a manifest).
+checkpoint to ``.weights.h5`` through ``keras_effv2.weights.convert``, the function the
+weight cache uses too); ``keras-effv2 convert --all ARGS`` runs ``convert-all`` (every
+registered weight set, verified, with a manifest).
 
 Example:
     $ keras-effv2 convert --source timm --variant b0 --checkpoint model.safetensors \\

@@ -40,9 +40,8 @@ def collect(variant: str | None = None) -> dict:
     import keras
 
     from keras_effv2.configs import VARIANTS, get_variant
-    from keras_effv2.pretrained import MIRROR_ENV, cache_dir
     from keras_effv2.version import __version__
-    from keras_effv2.weights import list_weights
+    from keras_effv2.weights import MIRROR_ENV, WEIGHTS, cache_dir, list_weights
 
     try:
         names = [get_variant(variant).name] if variant else list(VARIANTS)
@@ -53,7 +52,7 @@ def collect(variant: str | None = None) -> dict:
     weights = []
     for v in names:
         for w in list_weights(v):
-            w["cached"] = f"efficientnetv2_{w['key']}.weights.h5" in cached
+            w["cached"] = WEIGHTS[w["key"]].converted_name in cached
             weights.append(w)
     variants = [{
         "name": v, "params_total": VARIANTS[v].params_total,
@@ -95,5 +94,6 @@ def run(args) -> int:
               f"{w['train_size']}/{w['eval_size']}px  {top1:<11} "
               f"{'cached' if w['cached'] else 'not cached'}")
         print(f"      {_pp(w)}")
+        print(f"      source: {w['preprocessing']['source']}")
         print(f"      {w['url']}")
     return 0

@@ -121,63 +121,32 @@ def _from_tag(weights: str, model, preprocessing) -> Source:
         import contextlib
         import sys
 
-        from keras_effv2.model import build_efficientnetv2
-        from keras_effv2.porting.assign import PortingError
-        from keras_effv2.porting.readers import CheckpointError
-        from keras_effv2.pretrained import WeightsDownloadError
+        from keras_effv2.applications import EfficientNetV2
+        from keras_effv2.weights import CheckpointError, PortingError, WeightsDownloadError
 
         try:  # download progress goes to stderr: stdout holds the results (maybe JSON) only
             with contextlib.redirect_stdout(sys.stderr):
-                return build_efficientnetv2(spec.variant, weights=spec.alias)
+                return EfficientNetV2(spec.variant, weights=spec.alias)
         except (WeightsDownloadError, PortingError, CheckpointError) as e:
             raise CliError(f"could not load weights {spec.key!r}: {e}", FAILURE) from e
 
     return Source(spec.key, spec.variant, spec, spec.num_classes, spec.eval_size, load)
 
 
-@dataclasses.dataclass(frozen=True)
-class FileLayout:
-    """What a Keras 3 ``.weights.h5`` of our model stores: stem and head channels, blocks, classes.
-
-    Keras 3 stores a functional model's layers under ``layers/<class name>[_k]``:
-    ``conv2d`` is the stem, ``(fused_)mb_conv[_k]`` the blocks, ``dense`` the classifier.
-    """
-
-    stem: int
-    blocks: int
-    head: int
-    classes: int
-
-    def variants(self) -> list[str]:
-        from keras_effv2.configs import VARIANTS
-
-        return [v for v, s in VARIANTS.items()
-                if (s.stem_channels, s.num_blocks, s.head_channels)
-                == (self.stem, self.blocks, self.head)]
-
-
-def read_layout(path: str) -> FileLayout:
-    """:class:`FileLayout` of ``path``; :class:`CliError` when it is not such a file."""
-    import re
-
-    import h5py
+def read_layout(path: str):
+    """What the ``.weights.h5`` file holds (:class:`keras_effv2.weights.keras_h5.FileSummary`);
+    :class:`CliError` when it is not a weights file of an EfficientNetV2 with its head."""
+    from keras_effv2.weights import CheckpointError
+    from keras_effv2.weights.keras_h5 import summarize
 
     try:
-        with h5py.File(path, "r") as f:
-            layers = f.get("layers")
-            stem = f.get("layers/conv2d/vars/0")
-            kernel = f.get("layers/dense/vars/0")
-            if layers is None or stem is None:
-                raise CliError(f"{path!r} is not a Keras 3 .weights.h5 file of an "
-                               f"EfficientNetV2 model; {ACCEPTED}.")
-            if kernel is None:
-                raise CliError(f"{path!r} holds no classifier (weights saved with "
-                               "include_top=False?); predict needs a model with its head.")
-            blocks = sum(1 for k in layers if re.fullmatch(r"(fused_)?mb_conv(_\d+)?", k))
-            return FileLayout(int(stem.shape[-1]), blocks, *map(int, kernel.shape))
-    except OSError as e:
-        raise CliError(f"cannot read {path!r} as a Keras .weights.h5 file ({e}); {ACCEPTED}.") \
-            from e
+        layout = summarize(path)
+    except CheckpointError as e:
+        raise CliError(f"{e} {ACCEPTED[0].upper()}{ACCEPTED[1:]}.") from e
+    if layout.classes is None:
+        raise CliError(f"{path!r} holds no classifier (weights saved with include_top=False?); "
+                       "predict needs a model with its head.")
+    return layout
 
 
 def _from_weights_file(path: str, model, preprocessing) -> Source:
@@ -197,11 +166,11 @@ def _from_weights_file(path: str, model, preprocessing) -> Source:
     spec, notes = _preprocessing_spec(variant, preprocessing, path)
 
     def load():
-        from keras_effv2.model import build_efficientnetv2
+        from keras_effv2.applications import EfficientNetV2
 
         try:
-            return build_efficientnetv2(variant, weights=path, classes=classes,
-                                        include_preprocessing=spec.preprocessing)
+            return EfficientNetV2(variant, weights=path, classes=classes,
+                                  include_preprocessing=spec.preprocessing)
         except ValueError as e:
             first = str(e).strip().splitlines()[0].rstrip(":")
             raise CliError(f"{path!r} does not load into EfficientNetV2-{variant.upper()} "

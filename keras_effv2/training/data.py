@@ -274,8 +274,14 @@ def train_dataset(splits: Splits, stage: StageSettings, batch_size: int,
                          f"{MIN_IMAGE_SIZE} px.")
     aug = StageAugmenter(stage, augment or AugmentConfig(), seed=seed)
     n = splits.num_classes
-    ds = splits.train.shuffle(min(shuffle_buffer, splits.train_examples), seed=seed,
-                              reshuffle_each_iteration=True).repeat()
+    buffer = min(shuffle_buffer, splits.train_examples)
+    # The shuffle is built inside flat_map, so each iterator gets its own reshuffle seed
+    # generator: every iterator yields the same sequence whatever another one prefetched
+    # (Keras under a strategy peeks a batch, then restarts), and the processes of a
+    # multi-process run agree on every global batch.
+    ds = tf.data.Dataset.range(1).flat_map(
+        lambda _: splits.train.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        .repeat())
     ds = ds.map(lambda x, y: (aug.image_fn(x), tf.one_hot(y, n)),
                 num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=True)

@@ -32,7 +32,13 @@ from keras_effv2.training.data import (
     load_dataset,
     train_dataset,
 )
-from keras_effv2.training.distribution import data_parallel_scope
+from keras_effv2.training.distribution import (
+    data_parallel_scope,
+    full_batches,
+    initialize_multi_process,
+    process_info,
+    shard_for_workers,
+)
 from keras_effv2.training.plotting import plot_history
 from keras_effv2.training.progressive import progressive_fit
 from keras_effv2.training.recipes import Recipe, build_optimizer, get_recipe, recipe_for
@@ -132,9 +138,9 @@ def _atomic_save_model(model, path):
 
 
 def build_model(recipe: Recipe, num_classes: int) -> keras.Model:
-    from keras_effv2.model import build_efficientnetv2
+    from keras_effv2.applications import EfficientNetV2
 
-    return build_efficientnetv2(
+    return EfficientNetV2(
         recipe.model, weights=None if recipe.weights in (None, "none") else recipe.weights,
         classes=num_classes,
         dropout_rate=recipe.dropout_rate, drop_path_rate=recipe.drop_path_rate)
@@ -149,8 +155,12 @@ def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epo
     ``overrides`` replace recipe fields (``model``, ``weights``, ``batch_size`` (scales the
     learning rate), ``total_steps``, ``progressive``...). ``splits``/``keras_model`` inject
     data or a prebuilt, uncompiled ``keras_model`` (or a ``num_classes -> model`` builder, which
-    runs inside the distribution scope).
+    runs inside the distribution scope). With ``distribution="multi-process"`` every process
+    runs this call (see ``initialize_multi_process``); only process 0 writes the artefacts, the
+    others keep only their resume state (``backup-worker<i>/``, removed at the end).
     """
+    if distribution == "multi-process":
+        initialize_multi_process()  # before the backend computes anything
     recipe = resolve_recipe(recipe, dataset, **overrides)
     if splits is None:
         splits = load_dataset(recipe.dataset, data_dir=data_dir, seed=seed)
@@ -175,11 +185,13 @@ def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epo
                 optimizer=build_optimizer(recipe, plan["total_steps"]),
                 loss=keras.losses.CategoricalCrossentropy(
                     label_smoothing=recipe.label_smoothing),
-                metrics=["accuracy"],
+                weighted_metrics=["accuracy"],  # = metrics without weights; see full_batches
             )
+            process, processes = process_info()
+            chief = process == 0
             cbs = [keras.callbacks.CSVLogger(os.path.join(output_dir, "log.csv"), append=True),
-                   *callbacks]
-            if tensorboard:
+                   *callbacks] if chief else list(callbacks)
+            if tensorboard and chief:
                 cbs.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard")))
 
             def announce(stage, record):
@@ -192,19 +204,26 @@ def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epo
             start = time.time()
             result = progressive_fit(
                 model,
-                lambda s: train_dataset(splits, s, recipe.batch_size, recipe.augment, seed),
+                lambda s: shard_for_workers(
+                    train_dataset(splits, s, recipe.batch_size, recipe.augment, seed)),
                 schedule, epochs=[e - s for s, e in (st["epochs"] for st in plan["stages"])],
                 steps_per_epoch=plan["steps_per_epoch"], callbacks=cbs,
-                backup_dir=os.path.join(output_dir, "backup"), backup_freq=backup_freq,
+                backup_dir=os.path.join(output_dir, "backup" if chief else
+                                        f"backup-worker{process}"), backup_freq=backup_freq,
                 verbose=verbose, on_stage_begin=announce)
             train_seconds = time.time() - start
-            test = eval_dataset(splits, plan["eval_size"], max(recipe.batch_size, 64))
-            test_loss, test_acc = model.evaluate(test, verbose=0)
+            eval_batch = -(-max(recipe.batch_size, 64) // replicas) * replicas
+            test = eval_dataset(splits, plan["eval_size"], eval_batch)
+            loss_factor = 1.0
+            if distribution != "none":  # equal slices for every replica and process
+                test, loss_factor = full_batches(test, eval_batch, splits.test_examples)
+            test_loss, test_acc = model.evaluate(shard_for_workers(test), verbose=0)
+            test_loss *= loss_factor
     finally:
         keras.config.set_dtype_policy(policy)
     out = {
         "recipe": recipe.name, "dataset": splits.name, "model": recipe.model,
-        "backend": keras.backend.backend(), "replicas": replicas,
+        "backend": keras.backend.backend(), "replicas": replicas, "processes": processes,
         "test_accuracy": round(float(test_acc), 4), "test_loss": round(float(test_loss), 4),
         "test_examples": splits.test_examples, "train_seconds": round(train_seconds, 1),
         "total_steps": plan["total_steps"], "epochs": plan["epochs"],
@@ -212,9 +231,10 @@ def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epo
         "stages": result.stages, "history": result.history,
         "paper_top1": (recipe.paper_top1 or {}).get(recipe.model),
     }
-    _atomic_save_model(model, os.path.join(output_dir, "model.keras"))
-    plot_history(result.history, os.path.join(output_dir, "curves.png"),
-                 title=f"{recipe.name} ({recipe.model}): test accuracy {test_acc:.4f}")
-    _atomic_json(out, os.path.join(output_dir, "result.json"))
+    if chief:
+        _atomic_save_model(model, os.path.join(output_dir, "model.keras"))
+        plot_history(result.history, os.path.join(output_dir, "curves.png"),
+                     title=f"{recipe.name} ({recipe.model}): test accuracy {test_acc:.4f}")
+        _atomic_json(out, os.path.join(output_dir, "result.json"))
     out["model_object"] = model
     return out

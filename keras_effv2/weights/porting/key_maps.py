@@ -6,7 +6,7 @@ the transform that brings it to Keras layout. The tables below are the whole map
 nothing is matched by position.
 
 Example:
-    >>> from keras_effv2 import porting
+    >>> from keras_effv2.weights import porting
     >>> m = porting.timm_mapping("b0")
     >>> m["s3_b00/dw_conv/kernel"].source
     'blocks.3.0.conv_dw.weight'
@@ -177,6 +177,15 @@ def automl_model_name(variant) -> str:
     return f"efficientnetv2-{get_variant(variant).name}"
 
 
+# The model scope of automl's older releases (the Keras auto-name of ``EffNetV2Model``).
+AUTOML_LEGACY_SCOPE = "eff_net_v2_model"
+
+
+def automl_scopes(variant) -> tuple[str, ...]:
+    """The model scopes an automl checkpoint of ``variant`` may use."""
+    return automl_model_name(variant), AUTOML_LEGACY_SCOPE
+
+
 def automl_mapping(
     variant, include_top: bool = True, prefix: str | None = None
 ) -> dict[str, TensorMapping]:
@@ -202,8 +211,8 @@ def automl_mapping(
 
 
 # --- keras.applications (legacy .h5 weights; architecture.md §3.2) --------------------------
-# Keys are ``<layer>/<variable>`` as :func:`keras_effv2.porting.readers.read_legacy_h5` returns
-# them (``:0`` stripped, tf.keras's ``depthwise_kernel`` renamed ``kernel``).
+# Keys are ``<layer>/<variable>`` of keras.applications' own Keras 3 model, into which
+# :func:`keras_effv2.weights.porting.readers.read_keras_applications` loads the file.
 _KAPP_BLOCK_LAYERS = {
     ("fused", False): (("project_conv", "project_conv", "conv"),
                        ("project_bn", "project_bn", "bn")),

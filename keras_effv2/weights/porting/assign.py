@@ -6,7 +6,7 @@ Nothing is assigned unless everything matches.
 
 Example:
     >>> import keras_effv2
-    >>> from keras_effv2.porting import assign_weights, timm_mapping
+    >>> from keras_effv2.weights.porting import assign_weights, timm_mapping
     >>> model = keras_effv2.EfficientNetV2B0(weights=None)
     >>> # state = {name: np.ndarray} from a timm checkpoint
     >>> # assign_weights(model, state, timm_mapping("b0"))
@@ -18,30 +18,34 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from keras_effv2.porting.key_map import TensorMapping
+from keras_effv2.weights.errors import PortingError
+from keras_effv2.weights.porting.key_maps import TensorMapping
 
 _MAX_LISTED = 20
 
 
-class PortingError(ValueError):
-    """A checkpoint does not fit the model (missing, unused or mis-shaped tensors)."""
+def iter_weight_keys(model):
+    """``(layer, key, variable)`` for every weight, in ``model.layers`` / ``layer.weights``
+    order; ``key`` is ``<layer>/<sublayer...>/<var>`` relative to the model."""
+    for layer in model.layers:
+        for variable in layer.weights:
+            path = variable.path
+            start = path.rfind(layer.name + "/")
+            yield layer, (path[start:] if start >= 0 else f"{layer.name}/{variable.name}"), variable
 
 
 def model_weight_keys(model) -> dict:
     """Our weight key (``<layer>/<sublayer>/<var>``, relative to the model) -> variable."""
     keys = {}
-    for layer in model.layers:
-        for variable in layer.weights:
-            path = variable.path
-            start = path.rfind(layer.name + "/")
-            key = path[start:] if start >= 0 else f"{layer.name}/{variable.name}"
-            if key in keys:
-                raise PortingError(f"Two weights of model {model.name!r} share the key {key!r}.")
-            keys[key] = variable
+    for _, key, variable in iter_weight_keys(model):
+        if key in keys:
+            raise PortingError(f"Two weights of model {model.name!r} share the key {key!r}.")
+        keys[key] = variable
     return keys
 
 
-def _listing(title: str, names: Iterable[str]) -> str:
+def listing(title: str, names: Iterable[str]) -> str:
+    """One indented line ``title (n): a, b, ...`` (sorted, 20 shown), or ``""`` if empty."""
     names = sorted(names)
     if not names:
         return ""
@@ -88,11 +92,11 @@ def assign_weights(
             )
         values[key] = value
     problems = (
-        _listing("model weights with no mapping", missing_target)
-        + _listing(f"model weights whose tensor is missing from the {source_name}", missing_source)
-        + _listing(f"{source_name} tensors used more than once", duplicated)
-        + _listing(f"{source_name} tensors left unused", unused)
-        + _listing("shape mismatches (model <- source)", bad_shapes)
+        listing("model weights with no mapping", missing_target)
+        + listing(f"model weights whose tensor is missing from the {source_name}", missing_source)
+        + listing(f"{source_name} tensors used more than once", duplicated)
+        + listing(f"{source_name} tensors left unused", unused)
+        + listing("shape mismatches (model <- source)", bad_shapes)
     )
     if problems:
         raise PortingError(

@@ -1,0 +1,75 @@
+"""Pretrained weights: the registry, the download cache, porting, ``convert`` and ``load``.
+
+* :mod:`~keras_effv2.weights.registry`: the official weight sets as data (``WEIGHTS``);
+* :mod:`~keras_effv2.weights.cache`: fetch (mirror), convert once, lock, sha256 sidecar;
+* :mod:`~keras_effv2.weights.porting`: key maps, readers and strict assignment;
+* :func:`convert`: one upstream checkpoint to a ``.weights.h5`` file;
+* :func:`load`: a tag or ``.weights.h5`` into a built model, one tensor at a time.
+
+The model builder (:mod:`keras_effv2.model`) knows nothing of weights: the constructors
+build, then call :func:`load`.
+
+Example:
+    >>> import keras_effv2
+    >>> from keras_effv2.weights import get_weights_spec, load
+    >>> get_weights_spec("b0", "imagenet").key
+    'b0.in1k'
+    >>> model = keras_effv2.EfficientNetV2B0(weights=None)
+    >>> # load(model, "imagenet")
+"""
+
+from keras_effv2.weights.cache import MIRROR_ENV, cache_dir, ensure_cached, fetch_source
+from keras_effv2.weights.convert import SOURCES, Conversion, convert
+from keras_effv2.weights.errors import CheckpointError, PortingError, WeightsDownloadError
+from keras_effv2.weights.load import file_classes, infer_variant, load, load_file
+from keras_effv2.weights.porting import (
+    TIMM_IGNORED_SUFFIXES,
+    TensorMapping,
+    assign_weights,
+    automl_mapping,
+    keras_applications_mapping,
+    model_weight_keys,
+    timm_mapping,
+)
+from keras_effv2.weights.registry import (
+    WEIGHTS,
+    WeightsSpec,
+    default_weights_spec,
+    get_weights_spec,
+    is_weights_tag,
+    list_weights,
+    normalize_tag,
+    resolve_key,
+)
+
+__all__ = [
+    "MIRROR_ENV",
+    "SOURCES",
+    "TIMM_IGNORED_SUFFIXES",
+    "WEIGHTS",
+    "CheckpointError",
+    "Conversion",
+    "PortingError",
+    "TensorMapping",
+    "WeightsDownloadError",
+    "WeightsSpec",
+    "assign_weights",
+    "automl_mapping",
+    "cache_dir",
+    "convert",
+    "default_weights_spec",
+    "ensure_cached",
+    "fetch_source",
+    "file_classes",
+    "get_weights_spec",
+    "infer_variant",
+    "is_weights_tag",
+    "keras_applications_mapping",
+    "list_weights",
+    "load",
+    "load_file",
+    "model_weight_keys",
+    "normalize_tag",
+    "resolve_key",
+    "timm_mapping",
+]

@@ -1,0 +1,209 @@
+"""Registry of the official EfficientNetV2 weight sets, as data.
+
+Every entry is a frozen :class:`WeightsSpec`: where the upstream file lives, its format,
+its head width, the preprocessing the weights expect (which the model builds when
+``include_preprocessing=True``; each with its ``source``), train/eval sizes and published
+top-1. timm's Hugging Face ``model.safetensors`` files cover B0-B2 ``in1k`` and B3/S/M/L/XL;
+B0-B2 ``in21k`` and ``in21k_ft_in1k`` exist only as google/automl TF checkpoints
+(architecture.md §3.4).
+
+Example:
+    >>> from keras_effv2.weights import get_weights_spec
+    >>> spec = get_weights_spec("s", "imagenet21k-ft1k")
+    >>> spec.key, spec.num_classes
+    ('s.in21k_ft_in1k', 1000)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from keras_effv2.configs import get_variant
+from keras_effv2.preprocessing import AUTOML_128, IMAGENET, INCEPTION, PreprocessingSpec
+
+TIMM_URL = "https://huggingface.co/timm/tf_efficientnetv2_{v}.{tag}/resolve/main/model.safetensors"
+AUTOML_URL = "https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/v2/{file}.tgz"
+AUTOML_FILES = {"in1k": "efficientnetv2-{v}", "in21k": "efficientnetv2-{v}-21k",
+                "in21k_ft_in1k": "efficientnetv2-{v}-21k-ft1k"}
+# User-facing aliases (keras.applications style) -> timm tags.
+TAG_ALIASES = {"imagenet": "in1k", "imagenet21k": "in21k", "imagenet21k-ft1k": "in21k_ft_in1k"}
+TAG_NAMES = ", ".join([*TAG_ALIASES, *TAG_ALIASES.values()])  # for error messages
+# Upstream file format -> the converter source that reads it (keras_effv2.weights.convert).
+FORMAT_SOURCES = {"timm-safetensors": "timm", "automl-tgz": "automl"}
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsSpec:
+    """One official weight set.
+
+    ``source_format`` is ``"timm-safetensors"`` or ``"automl-tgz"``. ``sha256`` is the
+    upstream file's hash when known (``None``: not yet recorded; the converted file's hash
+    is recorded at conversion in the cache). ``top1`` is the published ImageNet-1k top-1
+    (automl README / paper), ``top1_timm`` timm's measured value; ``None`` where none exists
+    (21k heads are not ImageNet-1k classifiers).
+    """
+
+    variant: str
+    tag: str
+    url: str
+    source_format: str
+    num_classes: int
+    preprocessing: PreprocessingSpec
+    train_size: int
+    eval_size: int
+    top1: float | None = None
+    top1_timm: float | None = None
+    sha256: str | None = None
+    license: str = "Apache-2.0"
+
+    @property
+    def key(self) -> str:
+        return f"{self.variant}.{self.tag}"
+
+    @property
+    def alias(self) -> str:
+        return {v: k for k, v in TAG_ALIASES.items()}[self.tag]
+
+    @property
+    def source(self) -> str:
+        """The converter source of the upstream file: ``"timm"`` or ``"automl"``."""
+        return FORMAT_SOURCES[self.source_format]
+
+    @property
+    def converted_name(self) -> str:
+        return f"efficientnetv2_{self.variant}.{self.tag}.weights.h5"
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(key=self.key, alias=self.alias)
+        return d
+
+
+def _pp(base: PreprocessingSpec, crop_pct: float, crop_mode: str, interpolation: str,
+        resize_source: str) -> PreprocessingSpec:
+    """``base``'s mean/std (what automl trained with) and the eval resize/crop of
+    ``resize_source``; the ``source`` cites both."""
+    return dataclasses.replace(base, crop_pct=crop_pct, crop_mode=crop_mode,
+                               interpolation=interpolation,
+                               source=f"mean/std: {base.source}; resize/crop: {resize_source}")
+
+
+def _timm_pp(base, v, tag, crop_pct, crop_mode="center") -> PreprocessingSpec:
+    """timm evaluates its copy with these (pretrained_cfg of ``tf_efficientnetv2_<v>.<tag>``)."""
+    return _pp(base, crop_pct, crop_mode, "bicubic",
+               f"timm pretrained_cfg tf_efficientnetv2_{v}.{tag}")
+
+
+def _timm(v, tag, classes, pp, sizes, top1=None, top1_timm=None) -> WeightsSpec:
+    return WeightsSpec(v, tag, TIMM_URL.format(v=v, tag=tag), "timm-safetensors", classes, pp,
+                       *sizes, top1=top1, top1_timm=top1_timm)
+
+
+def _automl(v, tag, classes, pp, sizes) -> WeightsSpec:
+    url = AUTOML_URL.format(file=AUTOML_FILES[tag].format(v=v))
+    return WeightsSpec(v, tag, url, "automl-tgz", classes, pp, *sizes)
+
+
+_K21 = 21843
+_SQ = "squash"
+# Mean/std: what automl trained each checkpoint with (architecture.md §2.1): B0-B3 1k the legacy
+# ImageNet mean/std; S/M/L 1k and every 21k pretraining (datasets.py ImageNet21k, augname None)
+# (x - 128) / 128; every 21k-ft1k fine-tune (ImagenetFt, augname 'ft') (x / 255 - 0.5) / 0.5.
+# Eval resize/crop: timm's pretrained_cfg (§2.3) for the files timm publishes (timm measured
+# top1_timm so); automl's own eval for the automl-only B0-B2 21k sets.
+_IN21K = dataclasses.replace(AUTOML_128, source="automl datasets.py ImageNet21k (augname None) "
+                             "-> preprocessing.py: (x - 128) / 128")
+_AUTOML_21K = _pp(_IN21K, 0.875, "center", "bilinear",
+                  "automl datasets.py ImageNet21k (isize 224, augname None) -> preprocessing.py "
+                  "preprocess_for_eval: center crop 224 / (224 + 32), bilinear tf.image.resize")
+_AUTOML_FT = _pp(INCEPTION, 1.0, "squash", "bilinear",
+                 "automl datasets.py ImagenetFt (augname 'ft') -> preprocessing.py "
+                 "preprocess_for_finetune: whole image bilinear-resized to the eval size, no crop")
+_ENTRIES = (
+    _timm("b0", "in1k", 1000, _timm_pp(IMAGENET, "b0", "in1k", 0.875), (192, 224), 78.7, 78.386),
+    _timm("b1", "in1k", 1000, _timm_pp(IMAGENET, "b1", "in1k", 0.882), (192, 240), 79.8, 79.518),
+    _timm("b2", "in1k", 1000, _timm_pp(IMAGENET, "b2", "in1k", 0.890), (208, 260), 80.5, 80.226),
+    _automl("b0", "in21k", _K21, _AUTOML_21K, (224, 224)),
+    _automl("b1", "in21k", _K21, _AUTOML_21K, (224, 224)),
+    _automl("b2", "in21k", _K21, _AUTOML_21K, (224, 224)),
+    _automl("b0", "in21k_ft_in1k", 1000, _AUTOML_FT, (192, 224)),
+    _automl("b1", "in21k_ft_in1k", 1000, _AUTOML_FT, (192, 240)),
+    _automl("b2", "in21k_ft_in1k", 1000, _AUTOML_FT, (208, 260)),
+    _timm("b3", "in1k", 1000, _timm_pp(IMAGENET, "b3", "in1k", 0.904), (240, 300), 82.1, 81.960),
+    _timm("b3", "in21k", _K21, _timm_pp(_IN21K, "b3", "in21k", 0.904), (240, 300)),
+    _timm("b3", "in21k_ft_in1k", 1000, _timm_pp(INCEPTION, "b3", "in21k_ft_in1k", 0.9, _SQ),
+          (240, 300), None, 82.634),
+    _timm("s", "in1k", 1000, _timm_pp(AUTOML_128, "s", "in1k", 1.0), (300, 384), 83.9, 83.900),
+    _timm("s", "in21k", _K21, _timm_pp(_IN21K, "s", "in21k", 1.0), (300, 384)),
+    _timm("s", "in21k_ft_in1k", 1000, _timm_pp(INCEPTION, "s", "in21k_ft_in1k", 1.0),
+          (300, 384), 84.9, 84.332),
+    _timm("m", "in1k", 1000, _timm_pp(AUTOML_128, "m", "in1k", 1.0, _SQ), (384, 480),
+          85.2, 85.208),
+    _timm("m", "in21k", _K21, _timm_pp(_IN21K, "m", "in21k", 1.0, _SQ), (384, 480)),
+    _timm("m", "in21k_ft_in1k", 1000, _timm_pp(INCEPTION, "m", "in21k_ft_in1k", 1.0, _SQ),
+          (384, 480), 86.2, 86.014),
+    _timm("l", "in1k", 1000, _timm_pp(AUTOML_128, "l", "in1k", 1.0, _SQ), (384, 480),
+          85.7, 85.660),
+    _timm("l", "in21k", _K21, _timm_pp(_IN21K, "l", "in21k", 1.0, _SQ), (384, 480)),
+    _timm("l", "in21k_ft_in1k", 1000, _timm_pp(INCEPTION, "l", "in21k_ft_in1k", 1.0, _SQ),
+          (384, 480), 86.9, 86.802),
+    _timm("xl", "in21k", _K21, _timm_pp(_IN21K, "xl", "in21k", 1.0, _SQ), (384, 512)),
+    _timm("xl", "in21k_ft_in1k", 1000, _timm_pp(INCEPTION, "xl", "in21k_ft_in1k", 1.0, _SQ),
+          (384, 512), 87.2, 86.754),
+)
+WEIGHTS: dict[str, WeightsSpec] = {w.key: w for w in _ENTRIES}
+
+
+def normalize_tag(tag: str) -> str:
+    """``"imagenet21k-ft1k"`` -> ``"in21k_ft_in1k"``; timm tags pass through."""
+    return TAG_ALIASES.get(str(tag).lower(), str(tag).lower())
+
+
+def is_weights_tag(weights) -> bool:
+    """Whether ``weights`` names a registered tag (rather than a file path)."""
+    return isinstance(weights, str) and normalize_tag(weights) in set(TAG_ALIASES.values())
+
+
+def get_weights_spec(variant, tag: str) -> WeightsSpec:
+    """The registered weight set for ``variant`` and ``tag`` (alias or timm tag).
+
+    Raises:
+        ValueError: naming the valid tags for the variant when the combination does not exist.
+    """
+    v = get_variant(variant).name
+    key = f"{v}.{normalize_tag(tag)}"
+    if key not in WEIGHTS:
+        valid = [f"{w.alias!r} ({w.tag})" for w in WEIGHTS.values() if w.variant == v]
+        raise ValueError(
+            f"No {tag!r} weights for EfficientNetV2-{v.upper()}. Valid tags: {', '.join(valid)}."
+        )
+    return WEIGHTS[key]
+
+
+def resolve_key(key) -> WeightsSpec:
+    """A ``WeightsSpec`` from itself or a registry key such as ``"s.imagenet21k-ft1k"``."""
+    if isinstance(key, WeightsSpec):
+        return key
+    variant, _, tag = str(key).partition(".")
+    return get_weights_spec(variant, tag)
+
+
+def default_weights_spec(variant) -> WeightsSpec:
+    """The variant's ImageNet-1k classifier weights: ``in1k``, or ``in21k_ft_in1k`` for XL.
+
+    Its preprocessing is what ``include_preprocessing=True`` builds when no tag is loaded.
+    """
+    v = get_variant(variant).name
+    return WEIGHTS.get(f"{v}.in1k") or WEIGHTS[f"{v}.in21k_ft_in1k"]
+
+
+def list_weights(variant=None) -> list[dict]:
+    """Every registered weight set as a dict (optionally for one variant).
+
+    Example:
+        >>> from keras_effv2.weights import list_weights
+        >>> [w["key"] for w in list_weights("xl")]
+        ['xl.in21k', 'xl.in21k_ft_in1k']
+    """
+    v = get_variant(variant).name if variant is not None else None
+    return [w.as_dict() for w in WEIGHTS.values() if v is None or w.variant == v]
