@@ -38,7 +38,7 @@ TINY = dataclasses.replace(VARIANTS["s"], width=1.0, depth=1.0, stages=_stages(
     "fused r2 k3 s1 e1 i24 o24", "fused r2 k3 s2 e4 i24 o32", "mbconv r2 k3 s2 e4 i32 o48 se0.25"))
 
 
-def _tiny(**kwargs):
+def _tiny(weights=None, **kwargs):  # model.py builds architectures only: no weights argument
     return build_efficientnetv2(TINY, **kwargs)
 
 
