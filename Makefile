@@ -16,11 +16,9 @@ install: .install.stamp
 	$(PYTHON) -m pip install -e ".[dev]"
 	touch $@
 
+# The legs run side by side (tests/run_backends.py; logs in .test-logs/); SERIAL=1: one by one.
 test: install
-	@set -e; for b in $(BACKENDS); do \
-		echo "=== KERAS_BACKEND=$$b"; \
-		KERAS_BACKEND=$$b $(PYTHON) -m pytest $(PYTEST_ARGS); \
-	done
+	$(PYTHON) tests/run_backends.py $(BACKENDS) $(if $(SERIAL),--serial) -- $(PYTEST_ARGS)
 
 test-large: PYTEST_ARGS += --run-large -m large
 test-large: test

@@ -10,11 +10,13 @@ Contenders (all ``weights=None``, 1000 classes, preprocessing in the Keras model
   is ``predict_on_batch``, training ``train_on_batch`` (Adam, sparse CE); both with the same
   ``jit_compile`` (``--jit``; ``auto`` = ``keras_effv2.fast.FAST_JIT_COMPILE``: XLA off on
   TensorFlow, measured 5-8x slower on CPU, Keras' own default would switch it on).
-- ``ours_fast`` (forward): ``keras_effv2.fast.optimize_for_inference`` + ``make_predictor``.
+- ``ours_fast``: forward ``keras_effv2.fast.optimize_for_inference`` + ``make_predictor``;
+  training ``train_on_batch`` of ``keras_effv2.fast.optimize_for_training(model)`` (not on
+  TensorFlow, where that is the model itself).
 - ``timm`` (torch backend): timm ``tf_efficientnetv2_*``, channels_last, eager,
   ``inference_mode`` for forward; ``timm_compile`` with ``--torch-compile``.
-With ``--memory`` each forward contender also runs once in a fresh subprocess that reports
-its peak RSS (``VmHWM``) and the growth of the peak over the forward pass alone.
+With ``--memory`` each contender also runs one step (forward, or training step) in a fresh
+subprocess that reports its peak RSS (``VmHWM``) and the growth of the peak over that step.
 Outputs: a table on stdout, ``--json``, ``--markdown`` and ``--plot`` (PNG, matplotlib).
 
 Example:
@@ -85,7 +87,9 @@ def _keras_model(kind: str, case: Case, size: int):
 
 def contenders(case: Case, torch_compile: bool = False) -> list[str]:
     """Names of the contenders of ``case`` on the current backend."""
-    names = [BASELINE, "ours"] + (["ours_fast"] if case.mode == "forward" else [])
+    # On TensorFlow optimize_for_training returns the model itself: no second, equal contender.
+    fast_train = keras.backend.backend() != "tensorflow"
+    names = [BASELINE, "ours"] + (["ours_fast"] if case.mode == "forward" or fast_train else [])
     if keras.backend.backend() == "torch":
         names += ["timm"] + (["timm_compile"] if torch_compile else [])
     return names
@@ -99,9 +103,11 @@ def make_step(kind: str, case: Case, size: int, x, y, jit: str = "auto",
 
         return timm_step(case.variant, case.mode, x, y, precision, kind == "timm_compile")
     model = _keras_model("ours" if kind == "ours_fast" else kind, case, size)
-    if kind == "ours_fast":
+    if kind == "ours_fast" and case.mode == "forward":
         predict = fast.make_predictor(fast.optimize_for_inference(model))
         return lambda: predict(x)
+    if kind == "ours_fast":
+        model = fast.optimize_for_training(model)
     model.jit_compile = _jit(jit)
     if case.mode == "train":
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
@@ -154,7 +160,7 @@ def run_case(name: str, case: Case, repeats: int, iters: int, warmup: int, quick
         result["ratio_vs_timm"] = {
             k: statistics.median(a / b for a, b in zip(v, rates["timm"], strict=True))
             for k, v in rates.items()}
-    if memory and case.mode == "forward":
+    if memory:
         result["peak_rss_mb"], result["forward_rss_mb"] = {}, {}
         for kind in kinds:
             probe = memory_probe(kind, name, quick, jit, precision, threads)
@@ -179,7 +185,8 @@ def _rss_mb() -> tuple[float, float]:
 
 
 def _probe_main(kind: str, case_name: str, quick: bool, jit: str, precision: str) -> dict:
-    """In a fresh process: build ``kind``, run one forward, report RSS growth over it."""
+    """In a fresh process: build ``kind``, run one step, report the peak RSS and its growth
+    over the step (``forward_rss_mb``, also for a training step)."""
     if precision != "float32":
         keras.mixed_precision.set_global_policy(PRECISIONS[precision])
     case = CASES[case_name]
@@ -196,7 +203,8 @@ def memory_probe(kind: str, case_name: str, quick: bool = False, jit: str = "aut
                  precision: str = "float32", threads: int | None = None) -> dict:
     """Run :func:`_probe_main` in a fresh subprocess (same backend) and return its report.
 
-    The first forward (compilation included) is measured, as a user's first call is.
+    The first step (compilation and optimizer slots included) is measured, as a user's
+    first call is.
     """
     args = [sys.executable, "-m", "bench", "--probe", kind, "--cases", case_name,
             "--jit", jit, "--precision", precision] + (["--quick"] if quick else [])
@@ -228,7 +236,7 @@ def format_table(results: list[dict]) -> str:
 def format_markdown(results: list[dict]) -> str:
     """Markdown table (the README's format)."""
     rows = ["| backend | case | precision | contender | img/s | vs keras.applications | vs timm "
-            "| peak RSS MB (fwd growth) |", "|---|---|---|---|---:|---:|---:|---:|"]
+            "| peak RSS MB (step growth) |", "|---|---|---|---|---:|---:|---:|---:|"]
     for r in results:
         label = f"{r['mode']} {r['variant'].upper()} {r['size']}, batch {r['batch']}"
         for k, rate in r["img_s"].items():
@@ -297,7 +305,7 @@ def main(argv=None) -> list[dict]:
                         help="comma-separated: " + ", ".join(PRECISIONS))
     parser.add_argument("--torch-compile", action="store_true", help="add timm_compile")
     parser.add_argument("--memory", action="store_true",
-                        help="peak RSS of each forward contender in a fresh subprocess")
+                        help="peak RSS of each contender's first step in a fresh subprocess")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (torch backend)")
     parser.add_argument("--case-timeout", type=float,
                         help="stop timing a case after this many seconds (keeps done rounds)")

@@ -22,6 +22,12 @@ from __future__ import annotations
 import keras
 
 
+def is_functional(model) -> bool:
+    """Whether ``model`` is a functional graph (``keras.Model(inputs, outputs)``) that
+    :func:`execution_order` can walk; a ``Sequential`` or subclassed model is not."""
+    return isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth")
+
+
 def execution_order(model: keras.Model) -> list:
     """The functional model's computing nodes (inputs excluded) in the order Keras runs them.
 

@@ -14,9 +14,10 @@ def test_bench_quick_reports_every_contender(tmp_path, capsys):
                           "--markdown", str(md), "--plot", str(png)])
     assert [r["case"] for r in results] == ["b0_fwd", "b0_train"]
     torch = keras.backend.backend() == "torch"
-    expected = {"b0_fwd": ["keras_apps", "ours", "ours_fast"], "b0_train": ["keras_apps", "ours"]}
+    fast_train = keras.backend.backend() != "tensorflow"  # TF: optimize_for_training = model
     for r in results:
-        kinds = expected[r["case"]] + (["timm"] if torch else [])
+        fast = ["ours_fast"] if r["mode"] == "forward" or fast_train else []
+        kinds = ["keras_apps", "ours"] + fast + (["timm"] if torch else [])
         assert list(r["img_s"]) == kinds
         assert r["size"] == bench.QUICK_SIZE and r["batch"] == bench.QUICK_BATCH
         assert r["repeats"] == 1 and all(v > 0 for v in r["img_s"].values())
@@ -25,7 +26,8 @@ def test_bench_quick_reports_every_contender(tmp_path, capsys):
         assert ("ratio_vs_timm" in r) == torch
     assert json.loads(out.read_text()) == results
     lines = md.read_text().splitlines()
-    assert lines[0].startswith("| backend |") and len(lines) == 2 + 5 + (2 if torch else 0)
+    rows = 5 + fast_train + (2 if torch else 0)
+    assert lines[0].startswith("| backend |") and len(lines) == 2 + rows
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "vs k.apps" in capsys.readouterr().out
 

@@ -1,4 +1,4 @@
-"""Fast inference path: the same function as the model, computed with fewer, cheaper ops.
+"""Fast paths: the same function as the model, computed with fewer, cheaper ops.
 
 ``optimize_for_inference(model)`` folds every BatchNorm into its convolution
 (:func:`fuse_batchnorm`) and lays the graph out in the data format measured fastest on the
@@ -8,6 +8,11 @@ fastest measured way on this backend: on TensorFlow a graph with the weights fro
 constants and XLA off (``_tensorflow.py``), on JAX ``predict_on_batch`` jitted, on torch the
 graph lowered to direct ``torch.nn.functional`` calls under ``torch.inference_mode``
 (``_torch.py``). The TF and torch predictors snapshot the weights.
+
+``optimize_for_training(model)`` returns a model sharing ``model``'s layers and variables
+whose ``fit``/``train_on_batch`` step is faster on this backend (torch: ``_torch_train.py``,
+the graph as direct ``torch.nn.functional`` calls on the Keras variables; JAX:
+``_jax_train.py``); training it trains ``model``.
 
 Example:
     >>> import numpy as np, keras_effv2
@@ -68,6 +73,40 @@ def optimize_for_inference(model: keras.Model, data_format: str | None = "auto",
     return fuse_batchnorm(model, data_format=data_format, depthwise=depthwise)
 
 
+def optimize_for_training(model: keras.Model) -> keras.Model:
+    """A model sharing ``model``'s layers and variables whose training step is faster here.
+
+    Training the returned model trains ``model`` (``model.save``/``save_weights`` afterwards
+    hold the trained weights); it has the same inputs, outputs and layer names
+    (``head_dropout``, ``predictions``...). Compile and ``fit`` it as usual. Per backend:
+    torch runs the graph as direct ``torch.nn.functional`` calls on the Keras variables
+    (``_torch_train.py``), JAX uses ``_jax_train.py``; on TensorFlow ``model`` itself is
+    returned (nothing faster measured there).
+
+    Example:
+        >>> import numpy as np, keras_effv2
+        >>> model = keras_effv2.EfficientNetV2B0(weights=None, input_shape=(64, 64, 3), classes=10)
+        >>> fast = optimize_for_training(model)
+        >>> fast.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        >>> history = fast.fit(np.zeros((2, 64, 64, 3), "float32"), np.array([1, 2]), verbose=0)
+        >>> model.save_weights("b0.weights.h5")  # the weights ``fast`` trained
+    """
+    backend = keras.backend.backend()
+    if backend == "torch":
+        from keras_effv2.fast import _torch_train
+
+        return _torch_train.training_model(model)
+    if backend == "jax":
+        try:
+            from keras_effv2.fast._jax_train import training_model
+        except ModuleNotFoundError as error:  # the JAX training path is not in this build yet
+            if error.name != "keras_effv2.fast._jax_train":
+                raise
+            return model
+        return training_model(model)
+    return model
+
+
 def make_predictor(model: keras.Model, compile: bool = False, freeze: bool | None = None):
     """Return ``f(images) -> np.ndarray``: the backend's fastest measured inference call.
 
@@ -94,4 +133,5 @@ def make_predictor(model: keras.Model, compile: bool = False, freeze: bool | Non
 
 
 __all__ = ["FAST_DATA_FORMAT", "FAST_DEPTHWISE", "FAST_FREEZE_WEIGHTS", "FAST_JIT_COMPILE",
-           "fold_conv_bn", "fuse_batchnorm", "make_predictor", "optimize_for_inference"]
+           "fold_conv_bn", "fuse_batchnorm", "make_predictor", "optimize_for_inference",
+           "optimize_for_training"]

@@ -1,4 +1,4 @@
-"""The torch-backend half of the fast inference path (the only torch code in keras_effv2.fast).
+"""The torch-backend half of the fast inference path (its training half: ``_torch_train.py``).
 
 ``predictor(model)`` returns ``f(x) -> np.ndarray`` that runs a functional model under
 ``torch.inference_mode()``, node by node in Keras' own order, and drops each intermediate
@@ -69,31 +69,41 @@ def _same_pads(size, k, s):
     return total // 2, total - total // 2
 
 
+def torch_kernel(layer, kernel):
+    """``(weight, groups)``: a Keras conv ``layer``'s ``kernel`` (HWIO, depthwise
+    ``(kh, kw, in, mult)``) as torch's OIHW ``conv2d`` weight (a view, no copy)."""
+    if isinstance(layer, keras.layers.DepthwiseConv2D):  # (kh, kw, in, mult) -> (in*mult, 1, ..)
+        kh, kw, cin, mult = kernel.shape
+        return kernel.reshape(kh, kw, cin * mult, 1).permute(2, 3, 0, 1), cin
+    return kernel.permute(3, 2, 0, 1), layer.groups
+
+
+def conv2d(x, weight, bias, strides, groups, same):
+    """``F.conv2d`` on NCHW ``x`` with Keras' ``"same"`` padding (``same=True``, padded
+    asymmetrically like TF when the total is odd) or ``"valid"``."""
+    if not same:
+        return F.conv2d(x, weight, bias, strides, 0, 1, groups)
+    (kh, kw), (sh, sw) = weight.shape[2:], strides
+    top, bottom = _same_pads(x.shape[2], kh, sh)
+    left, right = _same_pads(x.shape[3], kw, sw)
+    if top == bottom and left == right:
+        return F.conv2d(x, weight, bias, strides, (top, left), 1, groups)
+    x = F.pad(x, (left, right, top, bottom))
+    return F.conv2d(x, weight, bias, strides, 0, 1, groups)
+
+
 def _lower_conv(layer):
     """``conv2d(x, w, b)`` with the kernel in OIHW and Keras' "same" padding."""
     dtype = getattr(torch, layer.compute_dtype)
-    kernel = _weight(layer.kernel, dtype)
-    if isinstance(layer, keras.layers.DepthwiseConv2D):  # (kh, kw, in, mult) -> (in*mult, 1, ..)
-        kh, kw, cin, mult = kernel.shape
-        weight, groups = kernel.reshape(kh, kw, cin * mult, 1).permute(2, 3, 0, 1), cin
-    else:
-        weight, groups = kernel.permute(3, 2, 0, 1), layer.groups
+    weight, groups = torch_kernel(layer, _weight(layer.kernel, dtype))
     weight = weight.contiguous(memory_format=torch.channels_last)
     bias = _weight(layer.bias, dtype).contiguous() if layer.use_bias else None
-    (kh, kw), (sh, sw) = weight.shape[2:], tuple(layer.strides)
-    same = layer.padding == "same"
+    strides, same = tuple(layer.strides), layer.padding == "same"
 
     def conv(x):
         if x.dtype != dtype:
             x = x.to(dtype)
-        if not same:
-            return F.conv2d(x, weight, bias, (sh, sw), 0, 1, groups)
-        top, bottom = _same_pads(x.shape[2], kh, sh)
-        left, right = _same_pads(x.shape[3], kw, sw)
-        if top == bottom and left == right:
-            return F.conv2d(x, weight, bias, (sh, sw), (top, left), 1, groups)
-        x = F.pad(x, (left, right, top, bottom))
-        return F.conv2d(x, weight, bias, (sh, sw), 0, 1, groups)
+        return conv2d(x, weight, bias, strides, groups, same)
     return conv
 
 

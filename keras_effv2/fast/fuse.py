@@ -141,16 +141,16 @@ class _Builder:
         return x
 
 
-def _chain(model: keras.Model) -> list[keras.layers.Layer]:
+def _chain(model: keras.Model, caller: str = "fuse_batchnorm") -> list[keras.layers.Layer]:
     """The model's layers in order, checking the graph is a single chain."""
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ValueError("fuse_batchnorm expects a keras_effv2 model with one input and output.")
+        raise ValueError(f"{caller} expects a keras_effv2 model with one input and output.")
     layers = model.layers
     for prev, layer in zip(layers, layers[1:], strict=False):
         node_inputs = inbound_tensors(layer)
         if len(node_inputs) != 1 or node_inputs[0] is not prev.output:
             raise ValueError(
-                f"fuse_batchnorm expects a chain of layers as built by keras_effv2 "
+                f"{caller} expects a chain of layers as built by keras_effv2 "
                 f"(build_efficientnetv2); layer {layer.name!r} does not take {prev.name!r}'s "
                 f"output alone.")
     return layers

@@ -37,6 +37,54 @@ def plain_silu(x):
     return ops.multiply(x, ops.sigmoid(x))
 
 
+def _same_pads(size: int, kernel_size: int, strides: int):
+    """Output size and (before, after) padding of a ``"same"`` convolution along one axis."""
+    out = math.ceil(size / strides)
+    total = max((out - 1) * strides + kernel_size - size, 0)
+    return out, (total // 2, total - total // 2)
+
+
+def shifted_taps(x, kernel_size: int, strides: int, data_format: str) -> list:
+    """The ``k*k`` strided windows of ``x`` ("same"-padded) a ``k x k`` conv multiplies.
+
+    Tap ``i * k + j`` holds, at each output position, the input pixel under kernel entry
+    ``(i, j)``; every tap has the output's shape. H and W must be static.
+    """
+    k, s = kernel_size, strides
+    last = data_format == "channels_last"
+    h, w = (x.shape[1], x.shape[2]) if last else (x.shape[2], x.shape[3])
+    if h is None or w is None:
+        raise ValueError(f"shifted depthwise convolution needs a static height and width; "
+                         f"got input shape {tuple(x.shape)}.")
+    (oh, ph), (ow, pw) = _same_pads(h, k, s), _same_pads(w, k, s)
+    x = ops.pad(x, ((0, 0), ph, pw, (0, 0)) if last else ((0, 0), (0, 0), ph, pw))
+    taps = []
+    for i in range(k):
+        for j in range(k):
+            rows, cols = slice(i, i + (oh - 1) * s + 1, s), slice(j, j + (ow - 1) * s + 1, s)
+            taps.append(x[:, rows, cols, :] if last else x[:, :, rows, cols])
+    return taps
+
+
+def shift_depthwise(x, kernel, strides: int = 1, data_format: str = "channels_last"):
+    """Depthwise ``"same"`` convolution (no bias) of ``x`` with a ``(k, k, C, 1)`` kernel.
+
+    Example:
+        >>> import numpy as np
+        >>> y = shift_depthwise(np.ones((1, 8, 8, 4), "float32"), np.ones((3, 3, 4, 1), "float32"))
+        >>> float(y[0, 4, 4, 0]), float(y[0, 0, 0, 0])
+        (9.0, 4.0)
+    """
+    k = kernel.shape[0]
+    per_channel = (k * k, -1) if data_format == "channels_last" else (k * k, -1, 1, 1)
+    kernel = ops.reshape(kernel, per_channel)
+    out = None
+    for t, tap in enumerate(shifted_taps(x, k, strides, data_format)):
+        term = tap * kernel[t]
+        out = term if out is None else out + term
+    return out
+
+
 @keras.saving.register_keras_serializable(package="keras_effv2")
 class ShiftDepthwiseConv2D(keras.layers.Layer):
     """Depthwise conv as a sum of shifted slices; weights as ``DepthwiseConv2D``'s (zeros).
@@ -60,33 +108,10 @@ class ShiftDepthwiseConv2D(keras.layers.Layer):
         self.kernel = self.add_weight(shape=(k, k, c, 1), name="kernel", initializer="zeros")
         self.bias = self.add_weight(shape=(c,), name="bias", initializer="zeros")
 
-    def _pads(self, size):
-        out = math.ceil(size / self.strides)
-        total = max((out - 1) * self.strides + self.kernel_size - size, 0)
-        return out, (total // 2, total - total // 2)
-
     def call(self, x):
-        k, s = self.kernel_size, self.strides
-        last = self.data_format == "channels_last"
-        h, w = (x.shape[1], x.shape[2]) if last else (x.shape[2], x.shape[3])
-        (oh, ph), (ow, pw) = self._pads(h), self._pads(w)
-        if last:
-            x = ops.pad(x, ((0, 0), ph, pw, (0, 0)))
-            kernel, bias = self.kernel[:, :, :, 0], self.bias
-        else:
-            x = ops.pad(x, ((0, 0), (0, 0), ph, pw))
-            kernel = ops.reshape(self.kernel, (k, k, -1, 1, 1))
-            bias = ops.reshape(self.bias, (-1, 1, 1))
-        out = None
-        for i in range(k):
-            for j in range(k):
-                if last:
-                    tap = x[:, i:i + (oh - 1) * s + 1:s, j:j + (ow - 1) * s + 1:s, :]
-                else:
-                    tap = x[:, :, i:i + (oh - 1) * s + 1:s, j:j + (ow - 1) * s + 1:s]
-                term = tap * kernel[i, j]
-                out = term if out is None else out + term
-        return out + bias
+        bias = (self.bias if self.data_format == "channels_last"
+                else ops.reshape(self.bias, (-1, 1, 1)))
+        return shift_depthwise(x, self.kernel, self.strides, self.data_format) + bias
 
     def compute_output_shape(self, input_shape):
         shape = list(input_shape)

@@ -41,11 +41,16 @@ class DropPath(keras.layers.Layer):
     def call(self, inputs, training=None):
         if not training or self.rate == 0.0:
             return inputs
+        return inputs * self.sample_scale(ops.shape(inputs)[0], len(inputs.shape), inputs.dtype)
+
+    def sample_scale(self, batch_size, ndim: int, dtype):
+        """Draw the per-sample multipliers of one training call: 0 (dropped) or
+        ``1 / (1 - rate)``, shaped ``(batch_size, 1, ..., 1)`` (``ndim`` axes)."""
         keep = 1.0 - self.rate
-        shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
-        noise = keras.random.uniform(shape, dtype=inputs.dtype, seed=self.seed_generator)
-        mask = ops.floor(noise + ops.cast(keep, inputs.dtype))
-        return inputs * (mask / ops.cast(keep, inputs.dtype))
+        shape = (batch_size,) + (1,) * (ndim - 1)
+        noise = keras.random.uniform(shape, dtype=dtype, seed=self.seed_generator)
+        mask = ops.floor(noise + ops.cast(keep, dtype))
+        return mask / ops.cast(keep, dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
