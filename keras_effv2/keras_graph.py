@@ -1,10 +1,13 @@
-"""The one place keras_effv2 reads Keras internals: walking a functional model's graph.
+"""The one place keras_effv2 reads Keras internals: a functional model's graph, and the epoch
+a resumed ``fit`` starts from.
 
 Keras 3 has no public API for the execution order of a functional model's nodes, for the
 nodes that feed a layer, or for a layer's nested sublayers. The fast paths and the
 fine-tuning helpers need all three, so they call these functions, and only this module
 touches the private attributes (``_nodes_by_depth``, ``_inbound_nodes``,
-``_flatten_layers``). Checked against Keras 3.8-3.15.
+``_flatten_layers``). Resuming needs the one hook ``keras.callbacks.BackupAndRestore`` uses:
+``Model._initial_epoch``, which ``fit`` reads after ``on_train_begin`` (``resume_epoch``).
+Checked against Keras 3.8-3.15.
 
 Example:
     >>> import keras_effv2
@@ -51,3 +54,16 @@ def inbound_tensors(layer: keras.layers.Layer) -> list:
 def nested_layers(layer: keras.layers.Layer) -> list:
     """Every sublayer of ``layer`` at any depth (the layer itself excluded)."""
     return list(layer._flatten_layers(include_self=False, recursive=True))
+
+
+def resume_epoch(model: keras.Model) -> int | None:
+    """The epoch a restoring callback told the current ``fit`` to start from (else ``None``)."""
+    return getattr(model, "_initial_epoch", None)
+
+
+def set_resume_epoch(model: keras.Model, epoch: int | None) -> None:
+    """Make the ``fit`` now starting (``on_train_begin``) begin at ``epoch``; ``None`` clears it.
+
+    This is how ``keras.callbacks.BackupAndRestore`` resumes a run.
+    """
+    model._initial_epoch = epoch

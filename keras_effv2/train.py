@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--process-id", type=int, help="multi-process: this process, 0 .. N-1 "
                    "(0 writes the outputs); default $KERAS_DISTRIBUTION_PROCESS_ID")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic tf.data and TensorFlow ops (slower): reruns, and a "
+                   "killed run resumed, end with the same weights as an uninterrupted run")
     p.add_argument("--no-tensorboard", action="store_true")
     p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
                    help="1: progress bars (default), 2: one line per epoch, 0: silent")
@@ -110,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             args.recipe, dataset=args.dataset, output_dir=args.output, data_dir=args.data_dir,
             epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
             distribution=args.distribution, verbose=args.verbose, seed=args.seed,
-            tensorboard=not args.no_tensorboard, **overrides)
+            tensorboard=not args.no_tensorboard, deterministic=args.deterministic,
+            **overrides)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,8 +1,10 @@
 """The ``keras-effv2`` command line: predict, info, convert, train/export delegation, errors.
 
 Offline: ``predict`` loads b0.in1k from a folder mirror holding a random, well-conditioned
-timm model, and its top-5 is checked against timm's own float64 forward of the same
-photo through the weight set's eval transform and normalisation.
+timm model, and its top-5 is checked against timm evaluating the same photo its own way: the
+model's data config (``resolve_data_config(use_test_size=True)``, as timm's ``validate.py``),
+timm's eval transform (``create_transform``: PIL resize, center crop, ``ToTensor``,
+``Normalize``) and timm's forward in float64.
 """
 
 import json
@@ -91,11 +93,14 @@ def test_console_script_and_help(capsys):
 
 
 def expected_top5(timm_model, path):
+    """timm's top-5 indices and probabilities for the photo, from timm's own pipeline."""
+    import timm.data
     from PIL import Image
 
+    config = timm.data.resolve_data_config({}, model=timm_model, use_test_size=True)
     with Image.open(path) as image:
-        x = pil_eval_transform_for(SPEC)(image)
-    logits = timm_logits(timm_model, SPEC.preprocessing.normalize(x[None]))[0]
+        x = timm.data.create_transform(**config)(image.convert("RGB"))  # normalised, CHW
+    logits = timm_logits(timm_model, x.permute(1, 2, 0).numpy()[None])[0]
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
     idx = np.argsort(-probs)[:5]

@@ -7,6 +7,7 @@ Example:
 """
 
 from keras_effv2.training.augment import AugmentConfig, StageAugmenter, cutout
+from keras_effv2.training.backup import TrainingBackup
 from keras_effv2.training.data import (
     DATASETS,
     DatasetSpec,
@@ -49,7 +50,7 @@ from keras_effv2.training.schedule import (
 __all__ = [
     "DATASETS", "PAPER_TABLE8", "PRESETS", "RECIPES", "AugmentConfig", "DatasetSpec",
     "ProgressiveResult", "ProgressiveSchedule", "Recipe", "Splits", "StageAugmenter",
-    "StageLogger", "StageSettings", "build_optimizer", "cars196_manual_dir",
+    "StageLogger", "StageSettings", "TrainingBackup", "build_optimizer", "cars196_manual_dir",
     "constant_schedule", "cutout", "data_parallel_scope", "eval_dataset", "freeze_backbone",
     "get_recipe", "get_schedule", "load_dataset", "load_digits", "load_image_folder",
     "make_plan", "plot_history", "progressive_fit", "resolve_recipe", "run_recipe", "scaled",

@@ -11,9 +11,16 @@ rebuilds the train function once (``make_train_function(force=True)``): one retr
 no new variables, weights and optimizer untouched. On JAX and torch each new image size costs
 one compile as well.
 
-With ``backup_dir``, a ``keras.callbacks.BackupAndRestore`` shared by all stages saves the
-training state; rerunning the same call after a crash skips finished stages (the restored epoch
-is past them) and resumes the interrupted one. The backup is removed when the last stage ends.
+With ``backup_dir``, a :class:`~keras_effv2.training.backup.TrainingBackup` shared by all
+stages saves the training state after every epoch (weights, optimizer with EMA, seed-generator
+states); rerunning the same call after a crash skips finished stages (the restored epoch is past
+them) and resumes the interrupted one. Resuming mid-stage, a ``tf.data`` stage dataset skips the
+batches the killed run had already consumed, so the run continues on the same batches; with
+deterministic ops (``run_recipe(deterministic=True)``) the resumed run ends with the same
+weights and optimizer state as an uninterrupted one, bit for bit (tested). With EMA, Keras
+assigns the averaged weights at the end of each ``fit``; the backup saved then holds them, so
+a run resumed at a stage boundary starts the next stage from them too. The backup is removed
+when the last stage ends.
 
 Example:
     >>> result = progressive_fit(model, lambda s: make_ds(s.image_size), get_schedule("paper-s"),
@@ -23,13 +30,14 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from collections.abc import Callable, Sequence
 
 import keras
 
+from keras_effv2.keras_graph import set_resume_epoch
+from keras_effv2.training.backup import TrainingBackup, read_backup
 from keras_effv2.training.schedule import ProgressiveSchedule, StageSettings
 
 DROPOUT_LAYER = "head_dropout"
@@ -99,11 +107,8 @@ class ProgressiveResult:
 
 
 def _backup_epoch(backup_dir) -> int:
-    path = os.path.join(backup_dir, "training_metadata.json")
-    if not os.path.exists(path):
-        return 0
-    with open(path) as f:
-        return int(json.load(f)["epoch"])
+    meta = None if backup_dir is None else read_backup(backup_dir)
+    return 0 if meta is None else int(meta["epoch"])
 
 
 def progressive_fit(
@@ -131,8 +136,9 @@ def progressive_fit(
         steps_per_epoch: steps in each epoch.
         validation_fn: optional ``stage -> dataset`` evaluated at each epoch end.
         callbacks: extra callbacks for every stage (progress bars come from ``verbose``).
-        backup_dir: enables resuming with ``BackupAndRestore`` (see the module doc).
-        backup_freq: ``"epoch"`` or a number of steps between backups.
+        backup_dir: enables resuming with ``TrainingBackup`` (see the module doc).
+        backup_freq: ``"epoch"`` or a number of steps between backups (a run resumed from a
+            mid-epoch backup repeats that epoch from its start, as Keras does).
         dropout_layer: the layer whose rate the schedule sets.
         on_stage_begin: called with ``(stage, record)`` before each stage's ``fit``.
     """
@@ -145,10 +151,7 @@ def progressive_fit(
                          f"ints; got {epochs!r}.")
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1; got {steps_per_epoch}.")
-    backup = None
-    if backup_dir is not None:
-        backup = keras.callbacks.BackupAndRestore(backup_dir, save_freq=backup_freq,
-                                                  delete_checkpoint=False)
+    backup = None if backup_dir is None else TrainingBackup(backup_dir, save_freq=backup_freq)
     result = ProgressiveResult()
     start = 0
     for stage, n_epochs in zip(stages, per_stage, strict=True):
@@ -160,7 +163,8 @@ def progressive_fit(
             model.make_train_function(force=True)  # the one retrace of this stage
             result.train_function_builds += 1
             record["train_function_rebuilt"] = True
-        resumed_past = backup_dir is not None and _backup_epoch(backup_dir) >= end
+        resume_epoch = _backup_epoch(backup_dir)
+        resumed_past = resume_epoch >= end
         record["skipped_by_resume"] = bool(resumed_past)
         if on_stage_begin is not None:
             on_stage_begin(stage, record)
@@ -170,7 +174,11 @@ def progressive_fit(
         train = train_fn(stage)
         record["batch_shape"] = [None if d is None else int(d)
                                  for d in _batch_shape(train)]
-        model._initial_epoch = None  # set only by BackupAndRestore when it restores
+        if start < resume_epoch < end and hasattr(train, "skip"):  # tf.data: where it stopped
+            record["resumed_at_epoch"] = resume_epoch
+            record["skipped_batches"] = (resume_epoch - start) * steps_per_epoch
+            train = train.skip(record["skipped_batches"])
+        set_resume_epoch(model, None)  # set only by the backup when it restores
         history = model.fit(
             train, epochs=end, initial_epoch=start, steps_per_epoch=steps_per_epoch,
             validation_data=validation_fn(stage) if validation_fn is not None else None,
@@ -185,7 +193,7 @@ def progressive_fit(
             if dropout_layer in {layer.name for layer in model.layers} else None)
         result.stages.append(record)
         start = end
-    model._initial_epoch = None
+    set_resume_epoch(model, None)
     if backup_dir is not None and os.path.isdir(backup_dir):
         shutil.rmtree(backup_dir)
     return result

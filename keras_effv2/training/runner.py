@@ -149,7 +149,7 @@ def build_model(recipe: Recipe, num_classes: int) -> keras.Model:
 def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epochs=None,
                steps_per_epoch=None, distribution="none", verbose="auto", seed=0,
                tensorboard=True, callbacks=(), backup_freq="epoch", splits=None,
-               keras_model=None, print_fn=print, **overrides) -> dict:
+               keras_model=None, print_fn=print, deterministic=False, **overrides) -> dict:
     """Train ``recipe`` (name or ``Recipe``) and write the artefacts; returns the result dict.
 
     ``overrides`` replace recipe fields (``model``, ``weights``, ``batch_size`` (scales the
@@ -158,9 +158,16 @@ def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epo
     runs inside the distribution scope). With ``distribution="multi-process"`` every process
     runs this call (see ``initialize_multi_process``); only process 0 writes the artefacts, the
     others keep only their resume state (``backup-worker<i>/``, removed at the end).
+    ``deterministic=True`` turns on TensorFlow's op determinism for the rest of the process (the
+    ``tf.data`` augmentation draws its random numbers in a fixed order, and TF ops): the same
+    call gives the same weights, and a killed run resumes to exactly the uninterrupted result.
     """
     if distribution == "multi-process":
         initialize_multi_process()  # before the backend computes anything
+    if deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     recipe = resolve_recipe(recipe, dataset, **overrides)
     if splits is None:
         splits = load_dataset(recipe.dataset, data_dir=data_dir, seed=seed)
