@@ -78,3 +78,23 @@ def timm_logits(model, images_nhwc: np.ndarray) -> np.ndarray:
         out = model.double()(x.double()).numpy()
         model.float()
         return out
+
+
+def one_torch_thread_fixture():
+    """An autouse module fixture running torch on one intra-op thread, restored afterwards:
+    timm's float64 reference forwards with 2+ threads crawl on a busy 2-core machine.
+
+    Example (in a test module): ``one_torch_thread = helpers_timm.one_torch_thread_fixture()``
+    """
+    import pytest
+
+    @pytest.fixture(scope="module", autouse=True)
+    def one_torch_thread():
+        import torch
+
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(n)
+
+    return one_torch_thread

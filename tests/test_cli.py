@@ -13,6 +13,7 @@ import sys
 import types
 import urllib.parse
 
+import helpers_timm
 import keras
 import numpy as np
 import pytest
@@ -39,14 +40,7 @@ def url_path(url):
     return urllib.parse.urlsplit(url).path.lstrip("/")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+one_torch_thread = helpers_timm.one_torch_thread_fixture()  # autouse, module scope
 
 
 @pytest.fixture(scope="module")

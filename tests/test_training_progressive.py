@@ -1,8 +1,9 @@
 """The progressive driver on every backend: dropout really changes in the compiled step, the
-freeze helpers freeze; with ``--run-large``, the real EfficientNetV2-B0 through ``run_recipe``
-with its stage settings observable in the trained run. (Resuming a killed run: test_resume.py;
-the main job's command, B0 through ``run_recipe`` by default: test_main_job.py; the dataset
-loaders and pipelines: test_training_data.py.)"""
+freeze helpers freeze, every dataset's loader runs through ``run_recipe`` with a tiny model;
+with ``--run-large``, the real EfficientNetV2-B0 through ``run_recipe`` with its stage settings
+observable in the trained run. (Resuming a killed run: test_resume.py; the main job's command,
+B0 through ``run_recipe`` by default: test_main_job.py; the dataset loaders and pipelines:
+test_training_data.py.)"""
 
 import csv
 import json
@@ -139,6 +140,35 @@ def test_efficientnetv2_b0_end_to_end(tmp_path):
 
 
 TFDS = [("cifar10", 10), ("cifar100", 100), ("oxford_flowers102", 102), ("cars196", 196)]
+
+
+def tiny_model(num_classes):
+    """A small CNN with B0's head layer names: the recipe, pipeline and driver without B0's cost."""
+    inp = keras.Input((None, None, 3))
+    x = keras.layers.Rescaling(1 / 255)(inp)
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = keras.layers.Dropout(0.1, name="head_dropout")(x)
+    out = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return keras.Model(inp, out)
+
+
+# The tf.data pipelines are the same TensorFlow code on every backend; what differs per backend
+# is the fit, and JAX compiles each run's steps anew (~60 s a dataset on the CI machine): there
+# one dataset by default, the other three with --run-large.
+_JAX = keras.backend.backend() == "jax"
+
+
+@pytest.mark.parametrize("name,classes", [
+    pytest.param(n, c, marks=pytest.mark.large if _JAX and i else ()) for i, (n, c) in
+    enumerate(TFDS)])
+def test_tfds_dataset_end_to_end(name, classes, tmp_path):
+    """Each dataset's loader (tfds mock data) through ``run_recipe`` with a tiny model."""
+    with tfds.testing.mock_data(num_examples=8):
+        splits = load_dataset(name, data_dir=str(tmp_path))
+        result = _run(tmp_path, splits, keras_model=tiny_model)
+    _check_run(result, str(tmp_path / "run"), classes, 8)
 
 
 @pytest.mark.large

@@ -12,6 +12,7 @@ breaks parity; a wrong name or a missing layer is refused, naming what is wrong.
 
 import os
 
+import helpers_timm
 import keras
 import numpy as np
 import pytest
@@ -35,15 +36,7 @@ SIZE = 64
 BROKEN = 100 * TOL
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """timm's float64 forwards with 2+ intra-op threads crawl on a busy 2-core machine."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+one_torch_thread = helpers_timm.one_torch_thread_fixture()  # autouse, module scope
 
 
 @pytest.fixture(scope="module")
