@@ -16,9 +16,10 @@ install: .install.stamp
 	$(PYTHON) -m pip install -e ".[dev]"
 	touch $@
 
-# The legs run side by side (tests/run_backends.py; logs in .test-logs/); SERIAL=1: one by one.
+# The legs run in two lanes (tests/run_backends.py; logs in .test-logs/); LANES=1: one by one.
+LANES ?= 2
 test: install
-	$(PYTHON) tests/run_backends.py $(BACKENDS) $(if $(SERIAL),--serial) -- $(PYTEST_ARGS)
+	$(PYTHON) tests/run_backends.py --lanes $(LANES) $(BACKENDS) -- $(PYTEST_ARGS)
 
 test-large: PYTEST_ARGS += --run-large -m large
 test-large: test
