@@ -139,6 +139,37 @@ def test_fast_model_shares_layers_and_weights_and_predicts_the_same(tmp_path):
 
 
 @torch_only
+def test_kernels_are_stored_in_torch_layout_and_used_without_a_copy():
+    """optimize_for_training re-lays out every lowered kernel (HWIO shape and values kept) so
+    that the convolution weight is a view of the variable and its gradient lands in place."""
+    import torch
+
+    from keras_effv2.fast._torch import torch_kernel
+    from keras_effv2.fast._torch_train import _convs
+
+    model = randomize_batchnorm(keras_effv2.EfficientNetV2B0(
+        weights=None, input_shape=(48, 48, 3), classes=10), seed=9)
+    x = random_images(2, 48, seed=9)
+    before = to_numpy(model(x, training=False))
+    kernels = {v.path: to_numpy(v).copy() for v in model.weights if "kernel" in v.path}
+    fast = optimize_for_training(model)
+    convs = [c for layer in fast.layers for c in _convs(layer)]
+    # stem, head; fused e1 block: 1; four fused e4 blocks: 2 each; 16 MBConv blocks: 3 each
+    assert len(convs) == 2 + 1 + 4 * 2 + 16 * 3
+    for conv in convs:
+        value = conv.kernel.value
+        weight, _ = torch_kernel(conv, value)
+        assert weight.is_contiguous(memory_format=torch.channels_last), conv.name
+        assert weight.data_ptr() == value.data_ptr() and isinstance(value, torch.nn.Parameter)
+        np.testing.assert_array_equal(to_numpy(value), kernels[conv.kernel.path])
+    np.testing.assert_allclose(to_numpy(model(x, training=False)), before, rtol=1e-6, atol=1e-7)
+    loss = keras.ops.sum(fast(x, training=True))
+    loss.backward()
+    for conv in convs:
+        assert conv.kernel.value.grad.stride() == conv.kernel.value.stride(), conv.name
+
+
+@torch_only
 def test_channels_first_feature_map_model_trains_the_same():
     keras.config.set_image_data_format("channels_first")
     plain, fast = _pair(keras_effv2.EfficientNetV2B0, include_top=False,

@@ -80,7 +80,9 @@ def optimize_for_training(model: keras.Model) -> keras.Model:
     hold the trained weights); it has the same inputs, outputs and layer names
     (``head_dropout``, ``predictions``...). Compile and ``fit`` it as usual. Per backend:
     torch runs the graph as direct ``torch.nn.functional`` calls on the Keras variables
-    (``_torch_train.py``), JAX uses ``_jax_train.py``; on TensorFlow ``model`` itself is
+    (``_torch_train.py``; ``model``'s kernel variables are re-laid out in memory once, same
+    shapes and values, and a Keras ``Adam``/``AdamW`` updates in one fused pass,
+    ``_torch_optim.py``), JAX uses ``_jax_train.py``; on TensorFlow ``model`` itself is
     returned (nothing faster measured there).
 
     Example:
@@ -97,13 +99,9 @@ def optimize_for_training(model: keras.Model) -> keras.Model:
 
         return _torch_train.training_model(model)
     if backend == "jax":
-        try:
-            from keras_effv2.fast._jax_train import training_model
-        except ModuleNotFoundError as error:  # the JAX training path is not in this build yet
-            if error.name != "keras_effv2.fast._jax_train":
-                raise
-            return model
-        return training_model(model)
+        from keras_effv2.fast import _jax_train
+
+        return _jax_train.training_model(model)
     return model
 
 
