@@ -1,5 +1,6 @@
-"""The one place keras_effv2 reads Keras internals: a functional model's graph, and the epoch
-a resumed ``fit`` starts from.
+"""The one place keras_effv2 reads Keras' model internals: a functional model's graph, and the
+epoch a resumed ``fit`` starts from. (The other private Keras code read is the torch
+optimizer's, by the fused Adam update in ``fast/_torch_optim.py`` alone.)
 
 Keras 3 has no public API for the execution order of a functional model's nodes, for the
 nodes that feed a layer, or for a layer's nested sublayers. The fast paths and the
