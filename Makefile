@@ -16,12 +16,13 @@ install: .install.stamp
 	$(PYTHON) -m pip install -e ".[dev]"
 	touch $@
 
+# `make test-large`: the whole suite plus the large cases (marker `large`, `--run-large`).
 # The legs run in two lanes (tests/run_backends.py; logs in .test-logs/); LANES=1: one by one.
 LANES ?= 2
 test: install
 	$(PYTHON) tests/run_backends.py --lanes $(LANES) $(BACKENDS) -- $(PYTEST_ARGS)
 
-test-large: PYTEST_ARGS += --run-large -m large
+test-large: PYTEST_ARGS += --run-large
 test-large: test
 
 .demo.stamp: pyproject.toml

@@ -182,10 +182,16 @@ Args:
 Returns:
     A ``keras.Model``.
 
-Example:
+Example:{example_note}
     >>> import keras_effv2
-    >>> model = keras_effv2.EfficientNetV2{upper}(weights=None)
+    >>> model = keras_effv2.EfficientNetV2{upper}(weights=None){skip}
+    >>> model.count_params(){skip}
+    {params}
 """
+
+
+# Variants whose docstring example is not run by tests/test_doctests.py (build time).
+_SLOW_TO_BUILD = ("m", "l", "xl")
 
 
 def _make_constructor(variant: str):
@@ -228,10 +234,13 @@ def _make_constructor(variant: str):
             out_indices=out_indices,
         )
 
-    upper = variant.upper()
+    upper, slow = variant.upper(), variant in _SLOW_TO_BUILD
     constructor.__name__ = constructor.__qualname__ = f"EfficientNetV2{upper}"
     constructor.__doc__ = BASE_DOCSTRING.format(
-        upper=upper, lower=variant, params=spec.params_total, trainable=spec.params_trainable,
+        upper=upper, lower=variant, params=spec.params_total,
+        trainable=spec.params_trainable, skip="  # doctest: +SKIP" if slow else "",
+        example_note=" (not run as a doctest: building it takes many seconds on a CPU;"
+        " tests/test_param_counts.py builds it)" if slow else "",
         train_size=spec.train_size, eval_size=spec.eval_size, dropout=spec.dropout_rate,
         tags=", ".join(f'``"{w["alias"]}"``' for w in list_weights(variant)),
     )

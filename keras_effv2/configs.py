@@ -1,7 +1,7 @@
 """Variant definitions for EfficientNetV2, as data.
 
 Every number here comes from google/automl ``effnetv2_configs.py`` and timm's
-``_gen_efficientnetv2_*`` (see ``shared/reference/architecture.md`` §1). A variant is
+``_gen_efficientnetv2_*`` (see ``docs/architecture.md`` §1). A variant is
 a frozen :class:`VariantSpec`; :func:`resolve_blocks` expands it into the per-block
 list the model builder consumes.
 
@@ -119,7 +119,7 @@ class VariantSpec:
 
     ``dropout_rate`` is automl's per-variant default; ``train_size``/``eval_size`` the
     train/test resolutions; ``params_*`` the exact counts asserted by the tests
-    (architecture.md §5.1).
+    (docs/architecture.md §5.1).
     """
 
     name: str

@@ -1,7 +1,7 @@
 """Evaluation resizing per weight set (timm's eval transform), for ``tf.data`` and PIL images.
 
 A weight set's :class:`~keras_effv2.preprocessing.PreprocessingSpec` says how it was
-evaluated (architecture.md §2.3), at its ``eval_size``:
+evaluated (docs/architecture.md §2.3), at its ``eval_size``:
 
 * ``crop_mode="center"``: resize the short side to ``floor(eval_size / crop_pct)`` (the long
   side keeps the aspect ratio, truncated), then center-crop ``eval_size`` x ``eval_size``

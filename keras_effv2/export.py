@@ -154,11 +154,6 @@ def load_artifact(path: str, fmt: ExportFormat):
     raise ValueError(f"no runner for format {fmt.name!r}")
 
 
-def run_artifact(path: str, fmt: ExportFormat, x: np.ndarray) -> np.ndarray:
-    """Run an exported artifact once on ``x`` with the format's own runtime."""
-    return load_artifact(path, fmt)(x)
-
-
 def _run_tflite(path: str, x: np.ndarray) -> np.ndarray:
     try:
         from ai_edge_litert.interpreter import Interpreter

@@ -1,5 +1,5 @@
 """google/automl's checkpoint variable names, from the naming rules of automl's
-``efficientnetv2/effnetv2_model.py`` (architecture.md §3.3), written independently of
+``efficientnetv2/effnetv2_model.py`` (docs/architecture.md §3.3), written independently of
 keras_effv2's ``automl_mapping``.
 
 automl builds the model ``EffNetV2Model(name=<scope>)`` with ``Stem(name='stem')``, blocks

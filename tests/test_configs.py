@@ -4,7 +4,7 @@ import pytest
 
 from keras_effv2.configs import VARIANTS, get_variant, resolve_blocks, round_filters
 
-# architecture.md §1.2: stem, head, blocks, and per stage (type, repeats, in, out, SE first/rest).
+# docs/architecture.md §1.2: stem, head, blocks, and per stage (type, repeats, in, out, SE first/rest).
 RESOLVED = {
     "b0": (32, 1280, 21, "F1 32 16; F2 16 32; F2 32 48; M3 48 96 12 24; M5 96 112 24 28; M8 112 192 28 48"),
     "b1": (32, 1280, 27, "F2 32 16; F3 16 32; F3 32 48; M4 48 96 12 24; M6 96 112 24 28; M9 112 192 28 48"),

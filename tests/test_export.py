@@ -57,7 +57,7 @@ def test_export_matches_keras(fmt, logits_model, tmp_path):
     # Independent re-check on a fresh batch of 3, including the format's stated bound.
     x = to_backend_layout(normal_images(3, SIZE, seed=12))
     expected = keras.ops.convert_to_numpy(logits_model(x, training=False))
-    got = export.run_artifact(str(target), fmt, x)
+    got = export.load_artifact(str(target), fmt)(x)
     diff = float(np.abs(got - expected).max())
     bound = fmt.atol + fmt.rtol * float(np.abs(expected).max())
     print(f"{BACKEND} {fmt.name}: max |diff| {diff:.3g} (bound {bound:.3g}), "

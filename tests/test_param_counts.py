@@ -1,4 +1,4 @@
-"""Exact parameter counts (architecture.md §5.1), built on the current backend."""
+"""Exact parameter counts (docs/architecture.md §5.1), built on the current backend."""
 
 import numpy as np
 import pytest

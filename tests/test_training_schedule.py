@@ -27,7 +27,7 @@ def _columns(name):
                       "dropout_rate")}
 
 
-# architecture.md §4.2: paper Table 6 with 4 stages, both endpoints included.
+# docs/architecture.md §4.2: paper Table 6 with 4 stages, both endpoints included.
 PAPER = {
     "paper-s": dict(image_size=[128, 185, 242, 300], randaug_magnitude=[5, 8.33, 11.67, 15],
                     mixup_alpha=[0, 0, 0, 0], dropout_rate=[0.1, 0.167, 0.233, 0.3]),
@@ -36,7 +36,7 @@ PAPER = {
     "paper-l": dict(image_size=[128, 212, 296, 380], randaug_magnitude=[5, 11.67, 18.33, 25],
                     mixup_alpha=[0, 0.133, 0.267, 0.4], dropout_rate=[0.1, 0.233, 0.367, 0.5]),
 }
-# architecture.md §4.2, "what the released automl code actually does".
+# docs/architecture.md §4.2, "what the released automl code actually does".
 AUTOML = {
     "automl-s": ([171, 214, 257, 300], [5, 6.67, 8.33, 10], [0, 0, 0, 0]),
     "automl-m": ([192, 256, 320, 384], [5, 8.33, 11.67, 15], [0, 0.067, 0.133, 0.2]),

@@ -28,7 +28,7 @@ MATRIX = {
     "s": ("in1k", "in21k", "in21k_ft_in1k"), "m": ("in1k", "in21k", "in21k_ft_in1k"),
     "l": ("in1k", "in21k", "in21k_ft_in1k"), "xl": ("in21k", "in21k_ft_in1k"),
 }
-# What automl trained each family with (architecture.md §2.1; automl preprocessing.py,
+# What automl trained each family with (docs/architecture.md §2.1; automl preprocessing.py,
 # preprocess_legacy.py, datasets.py), in [0, 1]-scale mean/std: y = (x / 255 - mean) / std.
 AUTOML_NORMALISATION = {
     "b in1k": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # effnetv1_autoaug (legacy)

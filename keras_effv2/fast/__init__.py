@@ -85,13 +85,15 @@ def optimize_for_training(model: keras.Model) -> keras.Model:
     ``_torch_optim.py``), JAX uses ``_jax_train.py``; on TensorFlow ``model`` itself is
     returned (nothing faster measured there).
 
-    Example:
+    Example (the ``fit`` and ``save_weights`` lines are not run as doctests: compiling a B0
+    train step takes about a minute on a CPU; tests/test_fast_training*.py train it):
         >>> import numpy as np, keras_effv2
         >>> model = keras_effv2.EfficientNetV2B0(weights=None, input_shape=(64, 64, 3), classes=10)
         >>> fast = optimize_for_training(model)
         >>> fast.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-        >>> history = fast.fit(np.zeros((2, 64, 64, 3), "float32"), np.array([1, 2]), verbose=0)
-        >>> model.save_weights("b0.weights.h5")  # the weights ``fast`` trained
+        >>> x, y = np.zeros((2, 64, 64, 3), "float32"), np.array([1, 2])
+        >>> history = fast.fit(x, y, verbose=0)  # doctest: +SKIP
+        >>> model.save_weights("b0.weights.h5")  # doctest: +SKIP
     """
     backend = keras.backend.backend()
     if backend == "torch":

@@ -14,7 +14,7 @@ depthwise conv on JAX/CPU), with the same result up to float rounding.
 Example:
     >>> import numpy as np
     >>> layer = ShiftDepthwiseConv2D(3, strides=2, name="dw")
-    >>> layer(np.zeros((1, 8, 8, 4), "float32")).shape
+    >>> tuple(layer(np.zeros((1, 8, 8, 4), "float32")).shape)
     (1, 4, 4, 4)
 """
 

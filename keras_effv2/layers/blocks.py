@@ -9,7 +9,7 @@ Example:
     >>> import numpy as np
     >>> from keras_effv2.layers import MBConv
     >>> block = MBConv(48, 96, strides=2, expand_ratio=4, se_channels=12, name="s3_b00")
-    >>> block(np.zeros((1, 32, 32, 48), "float32")).shape
+    >>> tuple(block(np.zeros((1, 32, 32, 48), "float32")).shape)
     (1, 16, 16, 96)
 """
 

@@ -80,10 +80,6 @@ class Splits:
     test_examples: int
 
 
-def dataset_names() -> list[str]:
-    return sorted(DATASETS) + [FOLDER_PREFIX + "PATH"]
-
-
 def load_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> Splits:
     """Load a named dataset or an image folder as ``Splits`` (see the module doc)."""
     name = os.fspath(name)

@@ -6,11 +6,13 @@ with ``trainable=False`` also runs in inference mode (its moving statistics stay
 Recompile after changing ``trainable`` (Keras reads it when building the train step).
 
 Example:
-    >>> model = keras_effv2.EfficientNetV2S(weights="imagenet", classes=102)  # doctest: +SKIP
-    >>> freeze_backbone(model)            # phase 1: train the head only
-    >>> model.compile(...); model.fit(...)
-    >>> unfreeze(model); set_bn_trainable(model, False)   # phase 2: all but BN
-    >>> model.compile(...); model.fit(...)
+    >>> import keras_effv2
+    >>> from keras_effv2.training import freeze_backbone, set_bn_trainable, unfreeze
+    >>> model = keras_effv2.EfficientNetV2B0(weights=None, classes=5, input_shape=(64, 64, 3))
+    >>> freeze_backbone(model)            # phase 1: only the head trains; compile, fit
+    ['predictions']
+    >>> unfreeze(model); set_bn_trainable(model, False)   # phase 2: all but BN; compile, fit
+    59
 """
 
 from __future__ import annotations

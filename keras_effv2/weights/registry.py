@@ -5,7 +5,7 @@ its head width, the preprocessing the weights expect (which the model builds whe
 ``include_preprocessing=True``; each with its ``source``), train/eval sizes and published
 top-1. timm's Hugging Face ``model.safetensors`` files cover B0-B2 ``in1k`` and B3/S/M/L/XL;
 B0-B2 ``in21k`` and ``in21k_ft_in1k`` exist only as google/automl TF checkpoints
-(architecture.md §3.4).
+(docs/architecture.md §3.4).
 
 Example:
     >>> from keras_effv2.weights import get_weights_spec
@@ -106,7 +106,7 @@ def _automl(v, tag, classes, pp, sizes) -> WeightsSpec:
 
 _K21 = 21843
 _SQ = "squash"
-# Mean/std: what automl trained each checkpoint with (architecture.md §2.1): B0-B3 1k the legacy
+# Mean/std: what automl trained each checkpoint with (docs/architecture.md §2.1): B0-B3 1k legacy
 # ImageNet mean/std; S/M/L 1k and every 21k pretraining (datasets.py ImageNet21k, augname None)
 # (x - 128) / 128; every 21k-ft1k fine-tune (ImagenetFt, augname 'ft') (x / 255 - 0.5) / 0.5.
 # Eval resize/crop: timm's pretrained_cfg (§2.3) for the files timm publishes (timm measured

@@ -124,7 +124,7 @@ def timm_mapping(variant, include_top: bool = True) -> dict[str, TensorMapping]:
     return mapping
 
 
-# --- google/automl TF checkpoints (architecture.md §3.3) -------------------------------------
+# --- google/automl TF checkpoints (docs/architecture.md §3.3) -------------------------------------
 # TF layouts equal Keras layouts: every transform is the identity. Per block type:
 # (our sublayer, automl variable scope inside ``blocks_{g}``, kind).
 _TF_VARIABLES: dict[str, tuple[str, ...]] = {
@@ -210,7 +210,7 @@ def automl_mapping(
     return mapping
 
 
-# --- keras.applications (legacy .h5 weights; architecture.md §3.2) --------------------------
+# --- keras.applications (legacy .h5 weights; docs/architecture.md §3.2) --------------------------
 # Keys are ``<layer>/<variable>`` of keras.applications' own Keras 3 model, into which
 # :func:`keras_effv2.weights.porting.readers.read_keras_applications` loads the file.
 _KAPP_BLOCK_LAYERS = {
