@@ -23,7 +23,7 @@ EXAMPLES = """examples:
       --job-addresses 10.0.0.1:12345,10.0.0.2:12345 --num-processes 2 --process-id 0
   # your own images: one subfolder per class (or train/ and test/ subfolders)
   python -m keras_effv2.train --dataset folder:/data/pets --model b0 --batch-size 32
-  # Stanford Cars: put the manual copy in DATA_DIR/downloads/manual/ (see the README)
+  # Stanford Cars: put the manual copy in DATA_DIR/downloads/manual/ (see docs/training.md)
   python -m keras_effv2.train --dataset cars196 --data-dir /data/tfds
   # the offline main job (B0 from scratch on scikit-learn digits, 3 stages)
   python -m keras_effv2.train --recipe digits --output runs/digits

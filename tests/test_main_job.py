@@ -11,9 +11,9 @@ traces Keras' JAX-backend RandAugment as well. The ``tf.data`` pipeline (RandAug
 the same TensorFlow code whatever the backend, ``make demo``'s default (TensorFlow) included.
 
 The per-stage settings are checked against the paper's rule (§4.2, Algorithm 1: each stage
-interpolates linearly between the first and last stage's values) applied to the endpoints the
-README documents for the main job; the test accuracy and loss against NumPy, from the reloaded
-``model.keras`` on the test images.
+interpolates linearly between the first and last stage's values) applied to the endpoints
+docs/training.md documents for the main job; the test accuracy and loss against NumPy, from
+the reloaded ``model.keras`` on the test images.
 """
 
 import csv
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch",
                                 reason="the main job's command runs on the torch leg (see above)")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# README, "Main job": image 32 -> 48 -> 64 px, RandAugment 1 -> 5, mixup 0 -> 0.1,
+# docs/training.md, "Main job": image 32 -> 48 -> 64 px, RandAugment 1 -> 5, mixup 0 -> 0.1,
 # dropout 0.1 -> 0.3, three stages, label smoothing 0.1.
 ENDPOINTS = dict(image_size=(32, 64), randaug_magnitude=(1, 5), mixup_alpha=(0, 0.1),
                  dropout_rate=(0.1, 0.3))

@@ -6,8 +6,8 @@ processes on loopback (TF ``MultiWorkerMirroredStrategy``, JAX ``jax.distributed
 2 progressive stages) through ``run_recipe``; every model and optimizer variable, BatchNorm
 moving statistics included, must match an in-process one-device run to float32 tolerance.
 TensorFlow's model uses ``BatchNormalization(synchronized=True)``: a strategy otherwise keeps
-per-replica batch statistics (measured 5e-3 off; see the README). The subprocesses are needed
-because device counts and the cluster are fixed when the backend starts.
+per-replica batch statistics (measured 5e-3 off; docs/distribution.md). The subprocesses are
+needed because device counts and the cluster are fixed when the backend starts.
 """
 
 import json
@@ -36,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELPER = os.path.join(ROOT, "tests", "helpers_distribution.py")
 BACKEND = keras.backend.backend()
 SYNC_BN = BACKEND == "tensorflow"
-RTOL, ATOL = 1e-5, 1e-6  # float32; measured |delta| <= 7e-8 (see the README)
+RTOL, ATOL = 1e-5, 1e-6  # float32; measured |delta| <= 7e-8 (docs/distribution.md)
 TIMEOUT = 480  # a hung collective fails the test instead of hanging CI
 
 needs_fit = pytest.mark.skipif(BACKEND == "torch", reason="Keras offers no data-parallel fit on "

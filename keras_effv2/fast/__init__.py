@@ -29,7 +29,7 @@ import keras
 
 from keras_effv2.fast.fuse import fold_conv_bn, fuse_batchnorm
 
-# Inner layout per backend, chosen by measurement (bench/suite.py, README "Benchmarks"):
+# Inner layout per backend, chosen by measurement (bench/suite.py; docs/fast-paths.md):
 # Keras-on-torch transposes NHWC<->NCHW around every convolution, channels_first avoids it.
 FAST_DATA_FORMAT = {"tensorflow": "channels_last", "jax": "channels_last",
                     "torch": "channels_first"}
