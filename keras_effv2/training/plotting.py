@@ -14,7 +14,7 @@ import os
 import tempfile
 
 LABELS = {"loss": "train (augmented)", "accuracy": "train (augmented)",
-          "val_loss": "held-out", "val_accuracy": "held-out"}
+          "val_loss": "held-out (stage size)", "val_accuracy": "held-out (stage size)"}
 
 
 def plot_history(history: dict, path: str, title: str = "") -> str:
@@ -42,6 +42,9 @@ def plot_history(history: dict, path: str, title: str = "") -> str:
             for key in keys:
                 if key in history:
                     ax.plot(epochs, history[key], marker=".", label=LABELS.get(key, key))
+            values = [v for key in keys for v in history.get(key, [])]
+            if label == "loss" and values and min(values) > 0:
+                ax.set_yscale("log")  # an early held-out loss (BN statistics) dwarfs the rest
         ax.set_xlabel("epoch")
         ax.set_title(label)
         ax.legend(loc="best", fontsize=8)
