@@ -27,6 +27,8 @@ EXAMPLES = """examples:
   python -m keras_effv2.train --dataset cars196 --data-dir /data/tfds
   # the offline main job (B0 from scratch on scikit-learn digits, 3 stages)
   python -m keras_effv2.train --recipe digits --output runs/digits
+  # progressive vs fixed size (--progressive none), 3 seeds, interleaved: mean and spread
+  python -m keras_effv2.train --recipe digits --compare-fixed --seeds 0,1,2 --output runs/cmp
   # a custom progressive schedule
   python -m keras_effv2.train --dataset cifar100 --progressive stages=3,size=128:224,randaug=5:10
 """
@@ -77,14 +79,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tensorboard", action="store_true")
     p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
                    help="1: progress bars (default), 2: one line per epoch, 0: silent")
+    p.add_argument("--compare-fixed", action="store_true",
+                   help="run this command with the recipe's progressive schedule and with "
+                   "--progressive none (same steps), once per --seeds seed, each in its own "
+                   "process, alternating; print accuracy and training time, mean and spread "
+                   "(OUTPUT/compare.json)")
+    p.add_argument("--seeds", default="0,1,2",
+                   help="--compare-fixed: comma-separated seeds (default 0,1,2)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved recipe and per-stage schedule as JSON and exit")
     return p
 
 
+_COMPARE_OWN = {"--compare-fixed": 0, "--seeds": 1, "--seed": 1, "--output": 1,
+                "--progressive": 1}
+
+
+def _compare_args(argv: list[str]) -> list[str]:
+    """``argv`` without the options that ``--compare-fixed`` sets per run."""
+    out, skip = [], 0
+    for token in argv:
+        if skip:
+            skip -= 1
+            continue
+        name = token.split("=", 1)[0]
+        if name in _COMPARE_OWN:
+            skip = 0 if "=" in token else _COMPARE_OWN[name]
+            continue
+        out.append(token)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if args.compare_fixed:
+        from keras_effv2.training.compare import compare_fixed
+
+        if args.progressive is not None or args.dry_run:
+            print("error: --compare-fixed runs the recipe's own schedule against "
+                  "--progressive none; drop --progressive/--dry-run.", file=sys.stderr)
+            return 2
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            print(f"error: --seeds must be comma-separated integers; got {args.seeds!r}.",
+                  file=sys.stderr)
+            return 2
+        try:
+            compare_fixed(_compare_args(argv), seeds, args.output)
+        except (ValueError, RuntimeError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     from keras_effv2.training import make_plan, run_recipe
     from keras_effv2.training.distribution import initialize_multi_process, resolve_cluster
 

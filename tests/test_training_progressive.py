@@ -20,6 +20,7 @@ import keras_effv2  # noqa: E402
 from keras_effv2.training import (  # noqa: E402
     ProgressiveSchedule,
     Splits,
+    StageCSVLogger,
     freeze_backbone,
     load_dataset,
     progressive_fit,
@@ -66,6 +67,35 @@ def test_dropout_rate_changes_inside_the_compiled_train_step():
     assert [s.get("train_function_rebuilt", False) for s in result.stages] == [False, True, True]
 
 
+class _LogsSeen(keras.callbacks.Callback):
+    """What ``fit`` prints on its epoch lines: the logs its callbacks receive."""
+
+    def __init__(self):
+        super().__init__()
+        self.keys = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.keys.append(sorted(logs))
+
+
+def test_stage_settings_are_not_epoch_metrics(tmp_path):
+    """The stage's settings go to ``result.history`` and ``log.csv`` (StageCSVLogger), not
+    into the logs that ``fit`` prints as metrics on every epoch line."""
+    schedule = ProgressiveSchedule(2, (32, 40), mixup_alpha=(0, 0.2), dropout_rate=(0.1, 0.3))
+    seen = _LogsSeen()
+    log = StageCSVLogger(str(tmp_path / "log.csv"), append=True)  # one fit per stage
+    result = progressive_fit(_probe_model(), _ones, schedule, epochs=2, steps_per_epoch=1,
+                             verbose=0, callbacks=[log, seen])
+    assert seen.keys == [["loss", "zero_fraction"]] * 2
+    assert result.history["image_size"] == [32, 40] and result.history["stage"] == [0, 1]
+    assert result.history["mixup_alpha"] == pytest.approx([0, 0.2])
+    with open(tmp_path / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["image_size"]) for r in rows] == [32, 40]
+    np.testing.assert_allclose([float(r["dropout_rate"]) for r in rows], [0.1, 0.3])
+    assert [s["final_loss"] for s in result.stages] == pytest.approx(result.history["loss"])
+
+
 def test_without_the_rebuild_the_cached_step_keeps_its_rate():
     """The control: what the driver fixes. TF and JAX bake the rate into the traced step."""
     model = _probe_model()
@@ -79,12 +109,17 @@ def test_without_the_rebuild_the_cached_step_keeps_its_rate():
     np.testing.assert_allclose(fractions, expected, atol=0.03)
 
 
+_TEST_SET = None
+
+
 def _run(tmp_path, splits, name="run", **kwargs):
     """The main job's recipe (B0 from scratch, AdamW, warmup + cosine), tiny: two stages of one
     step at 32 and 40 px, batch 4. (EMA: test_resume.py; on JAX, Keras assigns B0's EMA weights
     variable by variable at each stage end, about 25 s.)"""
     kwargs.setdefault("epochs", 2)
     kwargs.setdefault("steps_per_epoch", 1)
+    global _TEST_SET
+    _TEST_SET = tuple(zip(*splits.test.as_numpy_iterator(), strict=True))  # sizes may differ
     return run_recipe("digits", output_dir=str(tmp_path / name), splits=splits, batch_size=4,
                       progressive=TINY, eval_size=32, tensorboard=False, verbose=0,
                       print_fn=lambda *a: None, **kwargs)
@@ -108,6 +143,23 @@ def _check_run(result, out_dir, num_classes, test_examples):
     assert [int(float(r["image_size"])) for r in rows] == [32, 40]
     with open(os.path.join(out_dir, "result.json")) as f:
         assert json.load(f)["test_accuracy"] == result["test_accuracy"]
+    _check_held_out(result, num_classes)
+
+
+def _check_held_out(result, num_classes):
+    """The curves' held-out accuracy: each epoch's ``val_accuracy`` is the test split at the
+    stage's size (the last one recomputed from the final model with NumPy and tf.image);
+    each stage records the test accuracy at the eval size (the last = the final result)."""
+    h = result["history"]
+    assert len(h["val_accuracy"]) == len(h["val_loss"]) == len(h["epoch"])
+    assert [s["test_accuracy"] for s in result["stages"]][-1] == result["test_accuracy"]
+    images, labels = _TEST_SET
+    resized = np.stack([tf.image.resize(x.astype("float32"), (40, 40)).numpy()
+                        for x in images])  # at the last stage's size
+    labels = np.array(labels)
+    probs = keras.ops.convert_to_numpy(result["model_object"].predict(resized, verbose=0))
+    assert probs.shape == (len(labels), num_classes)
+    assert h["val_accuracy"][-1] == pytest.approx(np.mean(probs.argmax(-1) == labels), abs=1e-6)
 
 
 def _digits(train, test):

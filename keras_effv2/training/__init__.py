@@ -24,7 +24,7 @@ from keras_effv2.training.finetune import freeze_backbone, set_bn_trainable, unf
 from keras_effv2.training.plotting import plot_history
 from keras_effv2.training.progressive import (
     ProgressiveResult,
-    StageLogger,
+    StageCSVLogger,
     progressive_fit,
     set_dropout_rate,
     split_epochs,
@@ -50,7 +50,7 @@ from keras_effv2.training.schedule import (
 __all__ = [
     "DATASETS", "PAPER_TABLE8", "PRESETS", "RECIPES", "AugmentConfig", "DatasetSpec",
     "ProgressiveResult", "ProgressiveSchedule", "Recipe", "Splits", "StageAugmenter",
-    "StageLogger", "StageSettings", "TrainingBackup", "build_optimizer", "cars196_manual_dir",
+    "StageCSVLogger", "StageSettings", "TrainingBackup", "build_optimizer", "cars196_manual_dir",
     "constant_schedule", "cutout", "data_parallel_scope", "eval_dataset", "freeze_backbone",
     "get_recipe", "get_schedule", "load_dataset", "load_digits", "load_image_folder",
     "make_plan", "plot_history", "progressive_fit", "resolve_recipe", "run_recipe", "scaled",

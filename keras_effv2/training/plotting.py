@@ -1,5 +1,9 @@
 """Training-curve plot (loss, accuracy, per-stage image size) as a PNG, written atomically.
 
+Training accuracy is measured on the augmented (RandAugment, mixup) batches; ``val_*`` is the
+held-out split, unaugmented, at the stage's image size (``run_recipe`` evaluates it after every
+epoch), so the plot shows generalisation, not only the fit to the augmented data.
+
 Example:
     >>> plot_history(result.history, "runs/demo/curves.png")  # doctest: +SKIP
 """
@@ -8,6 +12,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+
+LABELS = {"loss": "train (augmented)", "accuracy": "train (augmented)",
+          "val_loss": "held-out (stage size)", "val_accuracy": "held-out (stage size)"}
 
 
 def plot_history(history: dict, path: str, title: str = "") -> str:
@@ -34,7 +41,10 @@ def plot_history(history: dict, path: str, title: str = "") -> str:
         else:
             for key in keys:
                 if key in history:
-                    ax.plot(epochs, history[key], marker=".", label=key)
+                    ax.plot(epochs, history[key], marker=".", label=LABELS.get(key, key))
+            values = [v for key in keys for v in history.get(key, [])]
+            if label == "loss" and values and min(values) > 0:
+                ax.set_yscale("log")  # an early held-out loss (BN statistics) dwarfs the rest
         ax.set_xlabel("epoch")
         ax.set_title(label)
         ax.legend(loc="best", fontsize=8)

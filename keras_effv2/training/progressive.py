@@ -72,26 +72,47 @@ def set_dropout_rate(model: keras.Model, rate: float, layer_name: str = DROPOUT_
     return changed
 
 
-class StageLogger(keras.callbacks.Callback):
-    """Adds the stage's settings to each epoch's logs (so History/CSVLogger record them)."""
+def stage_columns(stage: StageSettings, model: keras.Model | None = None,
+                  layer_name: str = DROPOUT_LAYER) -> dict:
+    """The per-epoch record of a stage's settings (``result.history`` and ``log.csv`` columns).
 
-    def __init__(self, stage: StageSettings, layer_name: str = DROPOUT_LAYER):
-        super().__init__()
-        self.stage = stage
+    They are not Keras metrics: ``fit`` prints them neither on its epoch lines nor in its
+    progress bar; ``run_recipe`` prints them once when the stage begins.
+    """
+    rate = 0.0
+    if model is not None:
+        try:
+            rate = float(model.get_layer(layer_name).rate)
+        except ValueError:
+            pass
+    return {"stage": stage.index, "image_size": stage.image_size,
+            "randaug_magnitude": stage.randaug_magnitude or 0.0,
+            "mixup_alpha": stage.mixup_alpha, "cutmix_alpha": stage.cutmix_alpha,
+            "dropout_rate": rate}
+
+
+class StageCSVLogger(keras.callbacks.CSVLogger):
+    """``keras.callbacks.CSVLogger`` whose rows also hold the stage's settings
+    (:func:`stage_columns`), without adding them to the logs that ``fit`` prints.
+
+    ``progressive_fit`` tells it the stage (``set_stage``) before each stage's ``fit``.
+
+    Example:
+        >>> log = StageCSVLogger("runs/x/log.csv", append=True)
+        >>> progressive_fit(model, make_ds, schedule, epochs=6, steps_per_epoch=10,
+        ...                 callbacks=[log])  # doctest: +SKIP
+    """
+
+    def __init__(self, filename, separator=",", append=False, layer_name=DROPOUT_LAYER):
+        super().__init__(filename, separator=separator, append=append)
         self.layer_name = layer_name
+        self._columns: dict = {}
+
+    def set_stage(self, stage: StageSettings, model: keras.Model) -> None:
+        self._columns = stage_columns(stage, model, self.layer_name)
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
-        logs["stage"] = self.stage.index
-        logs["image_size"] = self.stage.image_size
-        logs["randaug_magnitude"] = self.stage.randaug_magnitude or 0.0
-        logs["mixup_alpha"] = self.stage.mixup_alpha
-        logs["cutmix_alpha"] = self.stage.cutmix_alpha
-        try:
-            logs["dropout_rate"] = float(self.model.get_layer(self.layer_name).rate)
-        except ValueError:
-            logs["dropout_rate"] = 0.0
+        super().on_epoch_end(epoch, {**(logs or {}), **self._columns})
 
 
 @dataclasses.dataclass
@@ -125,6 +146,7 @@ def progressive_fit(
     verbose="auto",
     dropout_layer: str = DROPOUT_LAYER,
     on_stage_begin: Callable[[StageSettings, dict], None] | None = None,
+    on_stage_end: Callable[[StageSettings, dict], None] | None = None,
 ) -> ProgressiveResult:
     """Train a compiled ``model`` stage by stage (see the module doc).
 
@@ -141,6 +163,12 @@ def progressive_fit(
             mid-epoch backup repeats that epoch from its start, as Keras does).
         dropout_layer: the layer whose rate the schedule sets.
         on_stage_begin: called with ``(stage, record)`` before each stage's ``fit``.
+        on_stage_end: called with ``(stage, record)`` after it (the record then holds the
+            stage's last-epoch metrics as ``final_<name>``).
+
+    ``result.history`` holds, per epoch, ``fit``'s metrics and the stage's settings
+    (:func:`stage_columns`). Callbacks with a ``set_stage(stage, model)`` method (such as
+    :class:`StageCSVLogger`) are told the stage before its ``fit``.
     """
     if model.optimizer is None:
         raise ValueError("compile the model before progressive_fit.")
@@ -168,7 +196,10 @@ def progressive_fit(
         record["skipped_by_resume"] = bool(resumed_past)
         if on_stage_begin is not None:
             on_stage_begin(stage, record)
-        cbs = [StageLogger(stage, dropout_layer), *callbacks]
+        for cb in callbacks:
+            if hasattr(cb, "set_stage"):
+                cb.set_stage(stage, model)
+        cbs = list(callbacks)
         if backup is not None:
             cbs.insert(0, backup)
         train = train_fn(stage)
@@ -187,10 +218,16 @@ def progressive_fit(
         _unalias_ema(model)
         for key, values in history.history.items():
             result.history.setdefault(key, []).extend(values)
+            if values:
+                record[f"final_{key}"] = float(values[-1])
+        for key, value in stage_columns(stage, model, dropout_layer).items():
+            result.history.setdefault(key, []).extend([value] * len(history.epoch))
         result.history.setdefault("epoch", []).extend(e + 1 for e in history.epoch)
         record["observed_dropout_rate"] = (
             float(model.get_layer(dropout_layer).rate)
             if dropout_layer in {layer.name for layer in model.layers} else None)
+        if on_stage_end is not None:
+            on_stage_end(stage, record)
         result.stages.append(record)
         start = end
     set_resume_epoch(model, None)

@@ -40,7 +40,7 @@ from keras_effv2.training.distribution import (
     shard_for_workers,
 )
 from keras_effv2.training.plotting import plot_history
-from keras_effv2.training.progressive import progressive_fit
+from keras_effv2.training.progressive import StageCSVLogger, progressive_fit
 from keras_effv2.training.recipes import Recipe, build_optimizer, get_recipe, recipe_for
 from keras_effv2.training.schedule import MIN_IMAGE_SIZE, constant_schedule, get_schedule
 
@@ -146,6 +146,23 @@ def build_model(recipe: Recipe, num_classes: int) -> keras.Model:
         dropout_rate=recipe.dropout_rate, drop_path_rate=recipe.drop_path_rate)
 
 
+class _ValidationTimer(keras.callbacks.Callback):
+    """Sums the seconds ``fit`` spends on its per-epoch held-out evaluation."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = 0.0
+        self._t0 = None
+
+    def on_test_begin(self, logs=None):
+        self._t0 = time.time()
+
+    def on_test_end(self, logs=None):
+        if self._t0 is not None:
+            self.seconds += time.time() - self._t0
+            self._t0 = None
+
+
 def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epochs=None,
                steps_per_epoch=None, distribution="none", verbose="auto", seed=0,
                tensorboard=True, callbacks=(), backup_freq="epoch", splits=None,
@@ -196,10 +213,20 @@ def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epo
             )
             process, processes = process_info()
             chief = process == 0
-            cbs = [keras.callbacks.CSVLogger(os.path.join(output_dir, "log.csv"), append=True),
-                   *callbacks] if chief else list(callbacks)
+            timer = _ValidationTimer()
+            cbs = [timer, StageCSVLogger(os.path.join(output_dir, "log.csv"), append=True),
+                   *callbacks] if chief else [timer, *callbacks]
             if tensorboard and chief:
                 cbs.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard")))
+
+            eval_batch = -(-max(recipe.batch_size, 64) // replicas) * replicas
+
+            def held_out(size):
+                test = eval_dataset(splits, size, eval_batch)
+                factor = 1.0
+                if distribution != "none":  # equal slices for every replica and process
+                    test, factor = full_batches(test, eval_batch, splits.test_examples)
+                return shard_for_workers(test), factor
 
             def announce(stage, record):
                 print_fn(f"stage {stage.index + 1}/{stage.num_stages}: image {stage.image_size}"
@@ -208,6 +235,17 @@ def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epo
                          f"{stage.dropout_rate}, epochs {record['initial_epoch']}.."
                          f"{record['epochs']}")
 
+            def stage_done(stage, record):
+                t0 = time.time()
+                _, acc = model.evaluate(held_out(plan["eval_size"])[0], verbose=0)
+                timer.seconds += time.time() - t0
+                record["test_accuracy"] = round(float(acc), 4)  # at the eval size
+                print_fn(f"stage {stage.index + 1}/{stage.num_stages} done: train accuracy "
+                         f"{record.get('final_accuracy', float('nan')):.4f}, held-out accuracy "
+                         f"{record.get('final_val_accuracy', float('nan')):.4f} at "
+                         f"{stage.image_size} px, test accuracy {acc:.4f} at "
+                         f"{plan['eval_size']} px")
+
             start = time.time()
             result = progressive_fit(
                 model,
@@ -215,16 +253,13 @@ def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epo
                     train_dataset(splits, s, recipe.batch_size, recipe.augment, seed)),
                 schedule, epochs=[e - s for s, e in (st["epochs"] for st in plan["stages"])],
                 steps_per_epoch=plan["steps_per_epoch"], callbacks=cbs,
+                validation_fn=lambda s: held_out(s.image_size)[0],
                 backup_dir=os.path.join(output_dir, "backup" if chief else
                                         f"backup-worker{process}"), backup_freq=backup_freq,
-                verbose=verbose, on_stage_begin=announce)
-            train_seconds = time.time() - start
-            eval_batch = -(-max(recipe.batch_size, 64) // replicas) * replicas
-            test = eval_dataset(splits, plan["eval_size"], eval_batch)
-            loss_factor = 1.0
-            if distribution != "none":  # equal slices for every replica and process
-                test, loss_factor = full_batches(test, eval_batch, splits.test_examples)
-            test_loss, test_acc = model.evaluate(shard_for_workers(test), verbose=0)
+                verbose=verbose, on_stage_begin=announce, on_stage_end=stage_done)
+            train_seconds = time.time() - start - timer.seconds
+            test, loss_factor = held_out(plan["eval_size"])
+            test_loss, test_acc = model.evaluate(test, verbose=0)
             test_loss *= loss_factor
     finally:
         keras.config.set_dtype_policy(policy)
@@ -233,6 +268,7 @@ def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epo
         "backend": keras.backend.backend(), "replicas": replicas, "processes": processes,
         "test_accuracy": round(float(test_acc), 4), "test_loss": round(float(test_loss), 4),
         "test_examples": splits.test_examples, "train_seconds": round(train_seconds, 1),
+        "held_out_seconds": round(timer.seconds, 1),
         "total_steps": plan["total_steps"], "epochs": plan["epochs"],
         "optimizer_iterations": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
         "stages": result.stages, "history": result.history,
