@@ -3,7 +3,8 @@ checkpoints written with mmengine's ``save_checkpoint`` (plain and as a training
 
 As :mod:`helpers_timm` does for timm: BN affines randomised (small scales on each block's last
 BN, so the identity path dominates where there is one), BN running statistics calibrated on
-random images (so every BN really normalises), the classifier scaled to logits of std ~8 (max ~10-20).
+random images (so every BN really normalises), the classifier scaled to logits of std ~8
+(max ~10-20; 32 calibration images keep the 2x2 final maps' statistics representative).
 mmpretrain imports torchvision when it builds a model: import this module's users only where
 torchvision may be imported (before TensorFlow ran ops; tests/conftest.py imports it first).
 """

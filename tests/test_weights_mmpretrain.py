@@ -27,7 +27,7 @@ import pytest
 from helpers import normal_images, to_backend_layout, to_numpy
 
 import keras_effv2
-from keras_effv2.weights import WEIGHTS, CheckpointError, PortingError, cache, convert, export
+from keras_effv2.weights import WEIGHTS, CheckpointError, cache, convert, export
 from keras_effv2.weights.convert import port, read_checkpoint
 from keras_effv2.weights.mmpretrain_zoo import MMPRETRAIN_ZOO
 from keras_effv2.weights.porting.mmpretrain import timm_to_mmpretrain_names
@@ -101,7 +101,8 @@ def test_key_map_is_the_alignment_of_mmpretrain_and_timm_models(monkeypatch):
         with torch.device("meta"):  # shapes only: no memory, no init
             tm = timm.create_model(f"tf_efficientnetv2_{v}").state_dict()
             mm = {f"backbone.{k}": t for k, t in EfficientNetV2(arch=v).state_dict().items()}
-        mm.update({"head.fc.weight": tm["classifier.weight"], "head.fc.bias": tm["classifier.bias"]})
+        mm.update({"head.fc.weight": tm["classifier.weight"],
+                   "head.fc.bias": tm["classifier.bias"]})
         assert len(mm) == len(tm), v
         assert all(mm[a].shape == tm[b].shape for a, b in zip(mm, tm, strict=True)), v
         assert timm_to_mmpretrain_names(v) == dict(zip(tm, mm, strict=True)), v
@@ -152,7 +153,7 @@ def test_flat_backbone_only_s(tmp_path, images):
 
 def test_swapped_pair_breaks_parity(files, images, expected):
     tensors, extra = read_checkpoint("mmpretrain", files["plain"], "b0")
-    a, b = "backbone.layers.6.2.linear_conv.conv.weight", "backbone.layers.6.3.linear_conv.conv.weight"
+    a, b = (f"backbone.layers.6.{i}.linear_conv.conv.weight" for i in (2, 3))
     assert tensors[a].shape == tensors[b].shape
     tensors[a], tensors[b] = tensors[b], tensors[a]
     diff = np.abs(predict(port("b0", "mmpretrain", tensors, extra), images) - expected).max()
