@@ -22,6 +22,7 @@ import sys
 import textwrap
 import urllib.parse
 
+import keras
 import numpy as np
 import pytest
 from helpers import normal_images, to_backend_layout, to_numpy
@@ -134,17 +135,19 @@ def test_training_snapshot_converts_without_its_classes(files, tmp_path, images,
     np.testing.assert_allclose(predict(ours(out), images), expected, rtol=0, atol=TOL)
 
 
-def test_flat_backbone_only_s(tmp_path, images):
-    """Another arch: S's backbone saved flat (``model.backbone.state_dict()``, no
-    ``backbone.`` prefix, no head) -> include_top=False; pooled features vs mmpretrain's."""
+# S costs ~10 s more per leg (mmpretrain's S and ours): behind --run-large.
+@pytest.mark.parametrize("variant", ["b0", pytest.param("s", marks=pytest.mark.large)])
+def test_flat_backbone_only(variant, mm_b0, tmp_path, images):
+    """A backbone saved flat (``model.backbone.state_dict()``: no ``backbone.`` prefix, no
+    head) -> include_top=False; pooled features vs mmpretrain's."""
     import torch
 
-    mm = make_mmpretrain_model("s", image_size=SIZE)
-    path = str(tmp_path / "s_backbone.pth")
+    mm = mm_b0 if variant == "b0" else make_mmpretrain_model(variant, image_size=SIZE)
+    path = str(tmp_path / "backbone.pth")
     torch.save(mm.backbone.state_dict(), path)
-    result = convert("s", "mmpretrain", path, tmp_path / "s.weights.h5")
+    result = convert(variant, "mmpretrain", path, tmp_path / "bb.weights.h5")
     assert result.classes is None
-    got = predict(ours(result.output, "s", include_top=False, pooling="avg"), images)
+    got = predict(ours(result.output, variant, include_top=False, pooling="avg"), images)
     np.testing.assert_allclose(got, mmpretrain_logits(mm, images, features=True), rtol=0,
                                atol=TOL)
 
@@ -345,10 +348,10 @@ def test_export_backbone_only_cli(tuned, tmp_path, images, capsys):
     notop = ours(path, include_top=False, pooling="avg")
     got = predict(notop, images)
     notop.save_weights(tmp_path / "notop.weights.h5")
-    for fmt, name in (("timm", "bb.safetensors"), ("mmpretrain", "bb.pth")):
-        rc = cli(["export", "--weights", str(tmp_path / "notop.weights.h5"), "--variant", "b0",
-                  "--format", fmt, "--output", str(tmp_path / name)])
-        assert rc == 0, capsys.readouterr().err
+    export(notop, tmp_path / "bb.safetensors", format="timm")
+    rc = cli(["export", "--weights", str(tmp_path / "notop.weights.h5"), "--variant", "b0",
+              "--format", "mmpretrain", "--output", str(tmp_path / "bb.pth")])
+    assert rc == 0, capsys.readouterr().err
     t = timm.create_model("tf_efficientnetv2_b0", num_classes=0)
     t.load_state_dict(load_file(tmp_path / "bb.safetensors"), strict=True)
     np.testing.assert_allclose(helpers_timm.timm_logits(t.eval(), images), got, rtol=0, atol=TOL)
@@ -358,13 +361,17 @@ def test_export_backbone_only_cli(tuned, tmp_path, images, capsys):
                                 strict=True)
     np.testing.assert_allclose(mmpretrain_logits(mm.eval(), images, features=True), got,
                                rtol=0, atol=TOL)
-    rc = cli(["export", "--weights", str(tmp_path / "notop.weights.h5"), "--variant", "b0",
-              "--format", "timm", "--output", str(tmp_path / "x.pth")])
-    assert rc == 1 and "'.safetensors' file" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"A timm export is a '\.safetensors' file"):
+        export(notop, tmp_path / "x.pth", format="timm")
+    assert not (tmp_path / "x.pth").exists()
 
 
 # ------------------------------------------------------------------ after TensorFlow ran ops
 
+# One child process of ~30-60 s (TensorFlow, Keras, two model builds, and mmpretrain in a
+# grandchild): run on the TensorFlow leg, the backend a notebook that runs TensorFlow ops uses.
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="runs on the TensorFlow leg (one child process, ~30-60 s)")
 def test_convert_verify_export_after_tensorflow_ran_ops(files, tmp_path):
     """As in a notebook: Keras imported, TensorFlow runs ops; then a training snapshot converts
     (no mmengine import), ``--verify`` runs mmpretrain in a child process, and both exports
