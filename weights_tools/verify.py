@@ -170,7 +170,7 @@ def reference_logits(source, variant, tensors, checkpoint, num_classes, images_n
         cmd = [sys.executable, "-m", "weights_tools.reference", source, get_variant(variant).name,
                os.fspath(checkpoint), str(num_classes or 0), inp, out]
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ)
+        env = dict(os.environ, KERAS_BACKEND="torch")  # the child needs torch only
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         done = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if done.returncode != 0:
