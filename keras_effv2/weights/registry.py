@@ -238,7 +238,7 @@ def list_weights(variant=None) -> list[dict]:
     Example:
         >>> from keras_effv2.weights import list_weights
         >>> [w["key"] for w in list_weights("xl")]
-        ['xl.in21k', 'xl.in21k_ft_in1k']
+        ['xl.in21k', 'xl.in21k_ft_in1k', 'xl.in21k-pre_3rdparty_in1k', 'xl.3rdparty_in21k']
     """
     v = get_variant(variant).name if variant is not None else None
     return [w.as_dict() for w in WEIGHTS.values() if v is None or w.variant == v]
