@@ -19,12 +19,12 @@ def main(argv) -> int:
     import numpy as np
 
     from keras_effv2.weights.convert import read_checkpoint
-    from weights_tools.verify import TORCHVISION_REFERENCES
+    from weights_tools import verify
 
     source, variant, checkpoint, classes, images, out = argv
     tensors, _ = read_checkpoint(source, checkpoint, variant)
-    logits = TORCHVISION_REFERENCES[source](variant, tensors, int(classes) or None,
-                                            np.load(images))
+    reference = getattr(verify, verify.TORCHVISION_REFERENCES[source])
+    logits = reference(variant, tensors, int(classes) or None, np.load(images))
     np.save(out, logits)
     return 0
 

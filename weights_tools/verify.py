@@ -149,7 +149,9 @@ def mmpretrain_reference_logits(variant, tensors, num_classes, images_nhwc) -> n
 
 # Reference implementations that import torchvision (timm, mmpretrain): importing it after
 # TensorFlow ran ops kills the process (SIGSEGV) on this project's CI machine.
-TORCHVISION_REFERENCES = {"timm": timm_reference_logits, "mmpretrain": mmpretrain_reference_logits}
+# (Looked up by name at call time.)
+TORCHVISION_REFERENCES = {"timm": "timm_reference_logits",
+                          "mmpretrain": "mmpretrain_reference_logits"}
 
 
 def torchvision_import_is_safe() -> bool:
@@ -161,7 +163,7 @@ def reference_logits(source, variant, tensors, checkpoint, num_classes, images_n
     """``source``'s logits for ``images_nhwc``, in this process when torchvision may be
     imported here, else in a child process (``python -m weights_tools.reference``) that
     reads ``checkpoint`` itself."""
-    fn = TORCHVISION_REFERENCES[source]
+    fn = globals()[TORCHVISION_REFERENCES[source]]
     if torchvision_import_is_safe() or checkpoint is None:
         return fn(variant, tensors, num_classes, images_nhwc)
     with tempfile.TemporaryDirectory(prefix="effv2-reference-") as tmp:
