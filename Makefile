@@ -11,9 +11,15 @@ export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
 
 .PHONY: install test test-large demo lint bench
 
+# mmpretrain (the seed's model zoo; tests of the mmpretrain source and export) installs without
+# its compiled ops and without letting pip touch torch/numpy: --no-deps, pinned, as issue 21 says.
+MMPRETRAIN_PKGS = mmpretrain==1.2.0 mmcv-lite==2.2.0 mmengine==0.10.7 opencv-python-headless \
+	addict yapf termcolor modelindex model-index mat4py einops markdown ordered-set
 install: .install.stamp
 .install.stamp: pyproject.toml
 	$(PYTHON) -m pip install -e ".[dev]"
+	$(PYTHON) -m pip install --no-deps $(MMPRETRAIN_PKGS)
+	$(PYTHON) -m pip install importlib_metadata
 	touch $@
 
 # `make test-large`: the whole suite plus the large cases (marker `large`, `--run-large`).

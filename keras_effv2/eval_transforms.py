@@ -10,6 +10,12 @@ evaluated (docs/architecture.md §2.3), at its ``eval_size``:
   (no aspect ratio kept), then center-crop ``eval_size`` (with crop_pct 1: just resize to
   ``eval_size``).
 
+* ``crop_mode="crop_resize"`` (mmpretrain's ``EfficientNetCenterCrop``, the seed's eval):
+  crop the centred square of side ``crop_pct * short side`` (offsets ``round((size - side) /
+  2)``), then resize it to ``eval_size`` (``interpolation="cv2_bicubic"``: OpenCV's bicubic,
+  :mod:`keras_effv2.cv2_resize`; or a PIL method). Done in NumPy (``tf.numpy_function`` in
+  ``tf.data``).
+
 Offsets follow torchvision's ``CenterCrop`` (``round((size - crop) / 2)``, half to even).
 Resizing uses the spec's interpolation with antialiasing, and the result is rounded and
 clipped to ``[0, 255]`` as PIL's uint8 output (which timm evaluates with) is. Normalisation
@@ -28,7 +34,8 @@ from __future__ import annotations
 
 import math
 
-CROP_MODES = ("center", "squash")
+CROP_MODES = ("center", "squash", "crop_resize")
+CV2_BICUBIC = "cv2_bicubic"  # crop_resize only
 PIL_METHODS = {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "nearest": "NEAREST",
                "area": "BOX", "lanczos": "LANCZOS"}
 TF_METHODS = {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest",
@@ -46,6 +53,8 @@ def eval_geometry(height: int, width: int, eval_size: int, crop_pct: float = 1.0
                   crop_mode: str = "center") -> tuple[int, int, int, int]:
     """``(resize_h, resize_w, crop_top, crop_left)`` for an image of ``height x width``."""
     scale = scale_size(eval_size, crop_pct)
+    if crop_mode == "crop_resize":
+        raise ValueError("crop_mode 'crop_resize' crops before resizing: use crop_resize_box.")
     if crop_mode == "center":
         if height <= width:
             rh, rw = scale, scale * width // height
@@ -56,6 +65,45 @@ def eval_geometry(height: int, width: int, eval_size: int, crop_pct: float = 1.0
     else:
         raise ValueError(f"crop_mode must be one of {CROP_MODES}; got {crop_mode!r}.")
     return rh, rw, round((rh - eval_size) / 2), round((rw - eval_size) / 2)
+
+
+def crop_resize_box(height: int, width: int, crop_pct: float = 1.0) -> tuple[int, int, int, int]:
+    """``(top, left, crop_h, crop_w)`` of mmpretrain's ``EfficientNetCenterCrop`` (crop side
+    ``crop_pct * short side``, ``crop_pct = crop_size / (crop_size + crop_padding)``).
+
+    Example:
+        >>> crop_resize_box(427, 640, 1.0)
+        (0, 106, 427, 427)
+    """
+    side = crop_pct * min(height, width)
+    top = max(0, int(round((height - side) / 2.0)))
+    left = max(0, int(round((width - side) / 2.0)))
+    bottom = min(int(top + side - 1), height - 1)  # mmcv.imcrop: int32 box, clipped
+    right = min(int(left + side - 1), width - 1)
+    return top, left, bottom - top + 1, right - left + 1
+
+
+def crop_resize(image, eval_size: int, crop_pct: float = 1.0,
+                interpolation: str = CV2_BICUBIC):
+    """``crop_mode="crop_resize"`` on an ``HxWx3`` array in ``[0, 255]``: float32
+    ``eval_size x eval_size x 3``, integer valued."""
+    import numpy as np
+
+    image = np.asarray(image)
+    top, left, h, w = crop_resize_box(image.shape[0], image.shape[1], crop_pct)
+    crop = image[top:top + h, left:left + w]
+    if interpolation == CV2_BICUBIC:
+        from keras_effv2.cv2_resize import cv2_bicubic_resize
+
+        return cv2_bicubic_resize(crop, eval_size, eval_size)
+    if interpolation not in PIL_METHODS:
+        raise ValueError(f"interpolation must be one of {sorted(PIL_METHODS) + [CV2_BICUBIC]}; "
+                         f"got {interpolation!r}.")
+    from PIL import Image
+
+    resample = getattr(Image.Resampling, PIL_METHODS[interpolation])
+    crop = Image.fromarray(np.clip(np.round(crop), 0, 255).astype("uint8"))
+    return np.asarray(crop.resize((eval_size, eval_size), resample=resample), "float32")
 
 
 def eval_transform(image, eval_size: int, crop_pct: float = 1.0, crop_mode: str = "center",
@@ -69,6 +117,10 @@ def eval_transform(image, eval_size: int, crop_pct: float = 1.0, crop_mode: str 
 
     if crop_mode not in CROP_MODES:
         raise ValueError(f"crop_mode must be one of {CROP_MODES}; got {crop_mode!r}.")
+    if crop_mode == "crop_resize":
+        x = tf.numpy_function(lambda im: crop_resize(im, eval_size, crop_pct, interpolation),
+                              [image], tf.float32, stateful=False)
+        return tf.ensure_shape(x, (eval_size, eval_size, None))
     if interpolation not in TF_METHODS:
         raise ValueError(f"interpolation must be one of {sorted(TF_METHODS)}; "
                          f"got {interpolation!r}.")
@@ -115,6 +167,8 @@ def pil_eval_transform(image, eval_size: int, crop_pct: float = 1.0, crop_mode: 
     import numpy as np
     from PIL import Image
 
+    if crop_mode == "crop_resize":
+        return crop_resize(np.asarray(image.convert("RGB")), eval_size, crop_pct, interpolation)
     if interpolation not in PIL_METHODS:
         raise ValueError(f"interpolation must be one of {sorted(PIL_METHODS)}; "
                          f"got {interpolation!r}.")

@@ -73,7 +73,7 @@ def test_console_script_and_help(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     for command in PARSED + DELEGATED:
-        assert f"    {command} " in out, command
+        assert f"    {command} " in out or f"    {command}\n" in out, command
     assert "examples:" in out and "keras-effv2 predict cat.jpg" in out
     for command in PARSED:
         with pytest.raises(SystemExit) as e:
@@ -314,7 +314,9 @@ def test_info(reference, capsys):
         spec = VARIANTS[v["name"]]
         assert (v["params_total"], v["blocks"], v["eval_size"]) == (
             spec.params_total, spec.num_blocks, spec.eval_size)
-    assert info["variants"][-1]["tags"] == ["imagenet21k", "imagenet21k-ft1k"]
+    assert info["variants"][-1]["tags"] == ["imagenet21k", "imagenet21k-ft1k",
+                                            "efficientnetv2-xl_in21k-pre_3rdparty_in1k",
+                                            "efficientnetv2-xl_3rdparty_in21k"]
     assert sorted(w["key"] for w in info["weights"]) == sorted(WEIGHTS)
     assert [w["key"] for w in info["weights"] if w["cached"]] == ["b0.in1k"]
     s = next(w for w in info["weights"] if w["key"] == "s.in1k")

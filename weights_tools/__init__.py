@@ -8,8 +8,13 @@ Example:
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# torchvision (pulled in by timm) segfaults when imported after TensorFlow: import it first.
-try:  # pragma: no cover - depends on what is installed
-    import torchvision  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
+# torchvision (pulled in by timm, mmpretrain) segfaults when imported after TensorFlow ran ops:
+# import it first. Where TensorFlow is already imported (a notebook), leave it out: the
+# reference forwards of --verify then run in a child process (weights_tools.verify).
+import sys
+
+if "tensorflow" not in sys.modules:
+    try:  # pragma: no cover - depends on what is installed
+        import torchvision  # noqa: F401
+    except ImportError:  # pragma: no cover
+        pass

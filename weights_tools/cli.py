@@ -1,11 +1,16 @@
 """Command line: ``convert`` one upstream checkpoint, ``convert-all`` registered weight sets
-with a manifest, ``evaluate`` a weight set's ImageNet-1k top-1/top-5.
+with a manifest, ``evaluate`` a weight set's ImageNet-1k top-1/top-5, ``export`` a model's
+weights as a timm or mmpretrain state dict.
 
 Example:
     $ python -m weights_tools convert --source automl --variant b0 \\
         --checkpoint efficientnetv2-b0-21k/ --output b0.in21k.weights.h5 --no-ema
     $ python -m weights_tools convert-all --output converted/ --variants b0 b1
     $ python -m weights_tools evaluate --variant s --weights imagenet --data tfds --limit 1000
+    $ python -m weights_tools convert --source mmpretrain --variant s --checkpoint epoch_30.pth \
+        --output s.weights.h5 --verify
+    $ python -m weights_tools export --weights s.weights.h5 --variant s --format mmpretrain \
+        --output s.pth
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--variant", required=True, help="b0 .. b3, s, m, l, xl")
     c.add_argument("--checkpoint", required=True,
                    help="timm .safetensors/.pth/.bin, automl checkpoint folder or prefix, "
-                        "or keras.applications .h5")
+                        "keras.applications .h5, or mmpretrain .pth (save_checkpoint output, "
+                        "training snapshots included, or a flat state dict)")
     c.add_argument("--output", required=True, help="OUT.weights.h5 (written atomically)")
     c.add_argument("--verify", action="store_true",
                    help="compare logits with the source implementation: max|Δ logit| <= "
@@ -41,8 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--output", required=True, help="output folder")
     a.add_argument("--variants", nargs="+", help="only these variants (b0 .. xl)")
     a.add_argument("--tags", nargs="+", help="only these tags (in1k, in21k, in21k_ft_in1k or "
-                                             "imagenet, imagenet21k, imagenet21k-ft1k)")
+                                             "imagenet, imagenet21k, imagenet21k-ft1k; "
+                                             "mmpretrain's 3rdparty_in1k, "
+                                             "in21k-pre_3rdparty_in1k, 3rdparty_in21k)")
     a.add_argument("--verify-size", type=int, default=128)
+
+    x = sub.add_parser("export", help="write a model's weights as a timm (.safetensors) or "
+                                      "mmpretrain (.pth) state dict, loadable with strict=True")
+    x.add_argument("--weights", required=True,
+                   help="a .weights.h5 file (with --variant), a registered tag or mmpretrain "
+                        "model-zoo name, or a .keras model file")
+    x.add_argument("--variant", help="b0 .. b3, s, m, l, xl (read from a .keras model or a "
+                                     "model-zoo name)")
+    x.add_argument("--format", required=True, choices=["timm", "mmpretrain"])
+    x.add_argument("--output", required=True,
+                   help="OUT.safetensors (timm) or OUT.pth (mmpretrain), written atomically")
 
     e = sub.add_parser("evaluate", help="ImageNet-1k top-1/top-5 with the weight set's own "
                                         "eval preprocessing")
@@ -81,8 +100,22 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from weights_tools.export_weights import run
+
+    try:
+        path = run(args)
+    except (CheckpointError, PortingError, ValueError, ImportError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path} ({args.format} state dict)")
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "export":
+        return _export(args)
     if args.command in ("convert-all", "evaluate"):
         from weights_tools.evaluate import DatasetError
 

@@ -2,7 +2,8 @@
 
 Each entry is fetched through the same path as ``weights="..."`` (``keras.utils.get_file``,
 ``KERAS_EFFV2_WEIGHTS_MIRROR`` honoured), converted strictly, verified against the source
-implementation where it is installed (timm, for the timm safetensors sources), and written
+implementation where it is installed (timm for the timm sources, mmpretrain for the
+mmpretrain model-zoo files), and written
 atomically as ``DIR/<converted name>``. ``DIR/manifest.json`` (written atomically; entries
 from earlier runs with other filters are kept) records per entry: key, file, sha256, size,
 source url and format, and parity figures or ``"not verified: <reason>"``; a failed entry
@@ -50,25 +51,28 @@ def select(variants=None, tags=None) -> list:
 
 def _parity_check(spec, source: str, verify_size: int):
     """``(verify or None, reason it is not verified)`` for ``convert``."""
-    if spec.source != "timm":
+    if spec.source not in ("timm", "mmpretrain"):
         return None, ("not verified: no reference implementation of google/automl's TF "
                       "checkpoints is installed (timm has no B0-B2 21k weights to compare with)")
-    if importlib.util.find_spec("timm") is None:
-        return None, "not verified: timm is not installed"
-    return verifier("timm", spec.variant, source, verify_size), None
+    if importlib.util.find_spec(spec.source) is None:
+        return None, f"not verified: {spec.source} is not installed"
+    return verifier(spec.source, spec.variant, source, verify_size), None
 
 
 def _parity(spec, report) -> dict:
-    import timm
+    import importlib
 
-    return {"reference": f"timm {timm.__version__} tf_efficientnetv2_{spec.variant}",
+    lib = importlib.import_module(spec.source)
+    model = (f"efficientnetv2-{spec.variant}_3rdparty_in1k" if spec.source == "mmpretrain"
+             else f"tf_efficientnetv2_{spec.variant}")
+    return {"reference": f"{spec.source} {lib.__version__} {model}",
             "max_abs_diff": report.max_abs_diff, "max_rel_diff": report.max_rel_diff,
             "limit": report.limit, "atol": report.atol, "rtol": report.rtol,
             "top5_equal": report.top5_equal, "image_size": report.image_size}
 
 
 def convert_one(spec, output_dir: str, verify_size: int = 128) -> dict:
-    """Fetch, convert (verified where timm is installed) and describe one weight set."""
+    """Fetch, convert (verified where the reference is installed) and describe one set."""
     entry = {"key": spec.key, "variant": spec.variant, "tag": spec.tag,
              "source_url": spec.url, "source_format": spec.source_format,
              "num_classes": spec.num_classes}

@@ -28,6 +28,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+import tempfile
 
 import keras
 import numpy as np
@@ -118,6 +122,65 @@ def timm_reference_logits(variant, tensors, num_classes, images_nhwc) -> np.ndar
         return model(x).numpy()
 
 
+MMPRETRAIN_MODEL = "efficientnetv2-{}_3rdparty_in1k"
+
+
+def mmpretrain_reference_logits(variant, tensors, num_classes, images_nhwc) -> np.ndarray:
+    """mmpretrain's own ``get_model("efficientnetv2-<v>_3rdparty_in1k")`` with ``tensors``
+    loaded strictly, float64, eval mode: logits, or the pooled backbone features (its
+    ``GlobalAveragePooling`` neck) for a file without ``head.fc``."""
+    import mmpretrain
+    import torch
+
+    name = MMPRETRAIN_MODEL.format(get_variant(variant).name)
+    model = mmpretrain.get_model(name, pretrained=False,
+                                 head=dict(num_classes=num_classes or 1000))
+    state = {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}
+    if num_classes is None:
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
+    model.load_state_dict(state, strict=True)
+    model.eval().double()
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))).double()
+        if num_classes is None:
+            return model.extract_feat(x)[-1].numpy()
+        return model(x, mode="tensor").numpy()
+
+
+# Reference implementations that import torchvision (timm, mmpretrain): importing it after
+# TensorFlow ran ops kills the process (SIGSEGV) on this project's CI machine.
+# (Looked up by name at call time.)
+TORCHVISION_REFERENCES = {"timm": "timm_reference_logits",
+                          "mmpretrain": "mmpretrain_reference_logits"}
+
+
+def torchvision_import_is_safe() -> bool:
+    """Whether this process may import torchvision: already imported, or TensorFlow not."""
+    return "torchvision" in sys.modules or "tensorflow" not in sys.modules
+
+
+def reference_logits(source, variant, tensors, checkpoint, num_classes, images_nhwc):
+    """``source``'s logits for ``images_nhwc``, in this process when torchvision may be
+    imported here, else in a child process (``python -m weights_tools.reference``) that
+    reads ``checkpoint`` itself."""
+    fn = globals()[TORCHVISION_REFERENCES[source]]
+    if torchvision_import_is_safe() or checkpoint is None:
+        return fn(variant, tensors, num_classes, images_nhwc)
+    with tempfile.TemporaryDirectory(prefix="effv2-reference-") as tmp:
+        inp, out = os.path.join(tmp, "images.npy"), os.path.join(tmp, "logits.npy")
+        np.save(inp, images_nhwc)
+        cmd = [sys.executable, "-m", "weights_tools.reference", source, get_variant(variant).name,
+               os.fspath(checkpoint), str(num_classes or 0), inp, out]
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, KERAS_BACKEND="torch")  # the child needs torch only
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            raise VerificationError(f"The {source} reference process failed (exit "
+                                    f"{done.returncode}): {done.stderr.strip()[-2000:]}")
+        return np.load(out)
+
+
 def keras_applications_logits(variant, checkpoint, num_classes, images_nhwc) -> np.ndarray:
     """keras.applications ``EfficientNetV2*`` with the legacy ``.h5`` loaded (Keras' loader)."""
     name = get_variant(variant).name
@@ -146,8 +209,8 @@ def verify_against_source(model, source, variant, tensors, checkpoint, num_class
     """Compare ``model`` (logits, no preprocessing) with the source implementation."""
     images = np.random.default_rng(seed).normal(size=(2, image_size, image_size, 3))
     images = images.astype("float32")
-    if source == "timm":
-        expected = timm_reference_logits(variant, tensors, num_classes, images)
+    if source in TORCHVISION_REFERENCES:
+        expected = reference_logits(source, variant, tensors, checkpoint, num_classes, images)
     elif source == "keras-applications":
         expected = keras_applications_logits(variant, checkpoint, num_classes, images)
     else:

@@ -20,10 +20,11 @@ import sys
 
 from keras_effv2.cli.errors import FAILURE, CliError
 
-HELP = "convert timm/automl/keras.applications checkpoints to .weights.h5 (weights_tools)"
+HELP = ("convert timm/automl/keras.applications/mmpretrain checkpoints to .weights.h5 "
+        "(weights_tools)")
 MODULE = "weights_tools"
-USAGE = """usage: keras-effv2 convert --source {automl,keras-applications,timm} --variant V \\
-           --checkpoint PATH --output OUT.weights.h5 [--verify] [--no-ema]
+USAGE = """usage: keras-effv2 convert --source {automl,keras-applications,mmpretrain,timm} \\
+           --variant V --checkpoint PATH --output OUT.weights.h5 [--verify] [--no-ema]
        keras-effv2 convert --all --output DIR [--variants V ...] [--tags T ...]
 
 Convert one upstream checkpoint, or (--all) download and convert every registered weight set.
@@ -33,6 +34,8 @@ examples:
       --output b0.weights.h5 --verify
   keras-effv2 convert --source automl --variant b0 --checkpoint efficientnetv2-b0-21k/ \\
       --output b0.in21k.weights.h5
+  keras-effv2 convert --source mmpretrain --variant s --checkpoint epoch_30.pth \\
+      --output s.weights.h5 --verify
   keras-effv2 convert --all --output converted/ --variants b0 --tags imagenet
 
 The options of the underlying weights_tools command follow.

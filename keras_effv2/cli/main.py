@@ -1,8 +1,9 @@
 """Entry point of the ``keras-effv2`` console script: parse, dispatch, map errors to exit codes.
 
-``predict`` and ``info`` are parsed here; ``convert``, ``train`` and ``export`` hand their
-arguments unparsed to the module that owns them (``weights_tools.cli``,
-``keras_effv2.train``, ``keras_effv2.export``), imported only when used.
+``predict`` and ``info`` are parsed here; ``convert``, ``train``, ``export`` and
+``export-weights`` hand their arguments unparsed to the module that owns them
+(``weights_tools.cli``, ``keras_effv2.train``, ``keras_effv2.export``, ``weights_tools``
+``export``), imported only when used.
 
 Example:
     >>> from keras_effv2.cli.main import main
@@ -22,7 +23,7 @@ PROG = "keras-effv2"
 # Subcommands with their own argparse here: module with add_arguments(parser) and run(args).
 PARSED = ("predict", "info")
 # Subcommands whose module's main(argv) -> int parses the rest of the command line.
-DELEGATED = ("convert", "train", "export")
+DELEGATED = ("convert", "train", "export", "export-weights")
 EPILOG = """examples:
   keras-effv2 predict cat.jpg dog.jpg --model s --weights imagenet
   keras-effv2 predict photo.jpg --model b0 --weights imagenet21k --top 10 --json
@@ -31,6 +32,8 @@ EPILOG = """examples:
       --output b0.weights.h5 --verify
   keras-effv2 train --help
   keras-effv2 export --help
+  keras-effv2 export-weights --weights b0.weights.h5 --variant b0 --format timm \\
+      --output b0.safetensors
 
 'keras-effv2 COMMAND --help' describes each command. Weights download once into the Keras
 cache (see 'keras-effv2 info'); set KERAS_EFFV2_WEIGHTS_MIRROR to use a local mirror.
@@ -38,7 +41,7 @@ Exit codes: 0 success, 1 the work failed, 2 bad input."""
 
 
 def _module(command: str):
-    return importlib.import_module(f"keras_effv2.cli.{command}")
+    return importlib.import_module(f"keras_effv2.cli.{command.replace('-', '_')}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,9 +28,12 @@ EXAMPLES = """examples:
   keras-effv2 predict photo.jpg --model b3 --weights imagenet21k --json
   keras-effv2 predict photo.jpg --model b0 --weights b0.weights.h5 --preprocessing imagenet
   keras-effv2 predict photo.jpg --weights my_model.keras
+  keras-effv2 predict photo.jpg --weights efficientnetv2-b0_3rdparty_in1k
 
 variants: b0 b1 b2 b3 s m l xl; tags: imagenet (in1k), imagenet21k (in21k, 21843 classes),
-imagenet21k-ft1k (in21k_ft_in1k); 'keras-effv2 info' lists which exist for each variant.
+imagenet21k-ft1k (in21k_ft_in1k), and the seed's mmpretrain model-zoo names
+(efficientnetv2-<v>_3rdparty_in1k, _in21k-pre_3rdparty_in1k, _3rdparty_in21k; the name gives
+the variant); 'keras-effv2 info' lists which exist for each variant.
 
 weight files: a .weights.h5 file (from 'keras-effv2 convert' or model.save_weights) holds
 weights only: --model names its variant, and its head (1000 or 21843 classes) is read from the
@@ -48,7 +51,8 @@ def add_arguments(parser) -> None:
                              "with a .weights.h5 file)")
     parser.add_argument("--weights", default="imagenet",
                         help="weight tag: imagenet, imagenet21k, imagenet21k-ft1k or the timm "
-                             "tags in1k, in21k, in21k_ft_in1k (default imagenet); or a path to "
+                             "tags in1k, in21k, in21k_ft_in1k (default imagenet), an mmpretrain "
+                             "model-zoo name (efficientnetv2-s_3rdparty_in1k...); or a path to "
                              "a .weights.h5 file or a .keras model file")
     parser.add_argument("--preprocessing", metavar="TAG", default=None,
                         help="with a .weights.h5/.keras file: the weight tag whose mean/std and "

@@ -2,8 +2,9 @@
 
 Accepted:
 
-* a registered tag (``imagenet``, ``imagenet21k``, ``imagenet21k-ft1k`` or timm's ``in1k``...):
-  the weight set's own normalisation and eval resize/crop;
+* a registered tag (``imagenet``, ``imagenet21k``, ``imagenet21k-ft1k`` or timm's ``in1k``...)
+  or an mmpretrain model-zoo name (``efficientnetv2-s_3rdparty_in1k``: its variant is the
+  default ``--model``): the weight set's own normalisation and eval resize/crop;
 * a ``.weights.h5`` file (weights only, as ``keras-effv2 convert`` or ``model.save_weights``
   write): ``--model`` names its variant; the head width (1000 or 21843 classes) is read from
   the file. The file holds no preprocessing, so ``--preprocessing TAG`` names the weight set
@@ -28,7 +29,8 @@ from collections.abc import Callable
 from keras_effv2.cli.errors import FAILURE, CliError
 
 ACCEPTED = ("accepted: a registered tag (imagenet, imagenet21k, imagenet21k-ft1k or in1k, in21k, "
-            "in21k_ft_in1k), a path to a '.weights.h5' file (with --model) or a '.keras' model "
+            "in21k_ft_in1k), an mmpretrain model-zoo name (efficientnetv2-s_3rdparty_in1k...), "
+            "a path to a '.weights.h5' file (with --model) or a '.keras' model "
             "file")
 SUFFIXES = (".weights.h5", ".keras")
 DEFAULT_VARIANT = "s"
@@ -110,8 +112,10 @@ def _from_tag(weights: str, model, preprocessing) -> Source:
         raise CliError(f"--preprocessing applies to a .weights.h5 or .keras file; the weight tag "
                        f"{weights!r} always uses its own preprocessing.")
     from keras_effv2.weights import get_weights_spec
+    from keras_effv2.weights.mmpretrain_zoo import parse_zoo_name
 
-    variant = _variant(model or DEFAULT_VARIANT)
+    zoo = parse_zoo_name(weights)
+    variant = _variant(model or (zoo[0] if zoo else DEFAULT_VARIANT))
     try:
         spec = get_weights_spec(variant, weights)
     except ValueError as e:

@@ -4,7 +4,9 @@
 * :mod:`~keras_effv2.weights.cache`: fetch (mirror), convert once, lock, sha256 sidecar;
 * :mod:`~keras_effv2.weights.porting`: key maps, readers and strict assignment;
 * :func:`convert`: one upstream checkpoint to a ``.weights.h5`` file;
-* :func:`load`: a tag or ``.weights.h5`` into a built model, one tensor at a time.
+* :func:`load`: a tag or ``.weights.h5`` into a built model, one tensor at a time;
+* :func:`export`: a model's weights out as a timm (``.safetensors``) or mmpretrain (``.pth``)
+  state dict (:mod:`~keras_effv2.weights.state_dict_export`).
 
 The model builder (:mod:`keras_effv2.model`) knows nothing of weights: the constructors
 build, then call :func:`load`.
@@ -41,6 +43,7 @@ from keras_effv2.weights.registry import (
     normalize_tag,
     resolve_key,
 )
+from keras_effv2.weights.state_dict_export import export
 
 __all__ = [
     "MIRROR_ENV",
@@ -59,6 +62,7 @@ __all__ = [
     "convert",
     "default_weights_spec",
     "ensure_cached",
+    "export",
     "fetch_source",
     "file_classes",
     "get_weights_spec",

@@ -81,7 +81,7 @@ def fetch_source(spec: WeightsSpec) -> str:
     """
     import keras
 
-    ext = "tgz" if spec.source_format == "automl-tgz" else "safetensors"
+    ext = spec.file_extension
     origin = source_origin(spec.url)
     os.makedirs(os.path.join(cache_dir(), "downloads"), exist_ok=True)  # else Keras uses /tmp
     try:  # Keras writes straight to the target: one name per process, never shared

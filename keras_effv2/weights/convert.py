@@ -34,6 +34,12 @@ from keras_effv2.weights.porting.key_maps import (
     keras_applications_mapping,
     timm_mapping,
 )
+from keras_effv2.weights.porting.mmpretrain import (
+    MMPRETRAIN_CLASSIFIER,
+    MMPRETRAIN_IGNORED_SUFFIXES,
+    mmpretrain_mapping,
+    read_mmpretrain_checkpoint,
+)
 from keras_effv2.weights.porting.readers import (
     read_automl_checkpoint,
     read_keras_applications,
@@ -72,6 +78,10 @@ def _read_keras_applications(path, variant, ema):
     return read_keras_applications(path, variant), {}
 
 
+def _read_mmpretrain(path, variant, ema):
+    return read_mmpretrain_checkpoint(path), {}
+
+
 SOURCES: dict[str, SourceFormat] = {
     "timm": SourceFormat("timm", _read_timm, "classifier.weight", 0, timm_mapping,
                          TIMM_IGNORED_SUFFIXES),
@@ -79,6 +89,8 @@ SOURCES: dict[str, SourceFormat] = {
                            automl_mapping),
     "keras-applications": SourceFormat("keras-applications", _read_keras_applications,
                                        "predictions/kernel", 1, keras_applications_mapping),
+    "mmpretrain": SourceFormat("mmpretrain", _read_mmpretrain, MMPRETRAIN_CLASSIFIER, 0,
+                               mmpretrain_mapping, MMPRETRAIN_IGNORED_SUFFIXES),
 }
 
 
@@ -162,7 +174,9 @@ def convert(variant, source: str, checkpoint, output, *, ema: bool = True,
     Args:
         variant: ``"b0"`` ... ``"xl"``.
         source: ``"timm"`` (``.safetensors``, ``.pth``, ``.bin``), ``"automl"`` (checkpoint
-            folder, prefix or ``.tgz``) or ``"keras-applications"`` (legacy ``.h5``).
+            folder, prefix or ``.tgz``), ``"keras-applications"`` (legacy ``.h5``) or
+            ``"mmpretrain"`` (``.pth`` from mmengine's ``save_checkpoint``, training
+            snapshots included, or a flat state dict; needs torch).
         ema: automl only: read the ``ExponentialMovingAverage`` shadows (automl's default).
         verify: ``verify(model, tensors) -> report``, called on the filled logits model
             before anything is written; raise to refuse the conversion.

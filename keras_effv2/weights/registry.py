@@ -5,7 +5,10 @@ its head width, the preprocessing the weights expect (which the model builds whe
 ``include_preprocessing=True``; each with its ``source``), train/eval sizes and published
 top-1. timm's Hugging Face ``model.safetensors`` files cover B0-B2 ``in1k`` and B3/S/M/L/XL;
 B0-B2 ``in21k`` and ``in21k_ft_in1k`` exist only as google/automl TF checkpoints
-(docs/architecture.md §3.4).
+(docs/architecture.md §3.4). The seed model card's 15 mmpretrain checkpoints are weight sets too
+(tags ``3rdparty_in1k``, ``in21k-pre_3rdparty_in1k``, ``3rdparty_in21k``; each also answers to
+its model-zoo name, e.g. ``"efficientnetv2-s_3rdparty_in1k"``), with mmpretrain's eval
+pipeline as their preprocessing (:mod:`keras_effv2.weights.mmpretrain_zoo`).
 
 Example:
     >>> from keras_effv2.weights import get_weights_spec
@@ -20,6 +23,7 @@ import dataclasses
 
 from keras_effv2.configs import get_variant
 from keras_effv2.preprocessing import AUTOML_128, IMAGENET, INCEPTION, PreprocessingSpec
+from keras_effv2.weights.mmpretrain_zoo import MMPRETRAIN_TAGS, MMPRETRAIN_ZOO, parse_zoo_name
 
 TIMM_URL = "https://huggingface.co/timm/tf_efficientnetv2_{v}.{tag}/resolve/main/model.safetensors"
 AUTOML_URL = "https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/v2/{file}.tgz"
@@ -27,20 +31,26 @@ AUTOML_FILES = {"in1k": "efficientnetv2-{v}", "in21k": "efficientnetv2-{v}-21k",
                 "in21k_ft_in1k": "efficientnetv2-{v}-21k-ft1k"}
 # User-facing aliases (keras.applications style) -> timm tags.
 TAG_ALIASES = {"imagenet": "in1k", "imagenet21k": "in21k", "imagenet21k-ft1k": "in21k_ft_in1k"}
-TAG_NAMES = ", ".join([*TAG_ALIASES, *TAG_ALIASES.values()])  # for error messages
+TAG_NAMES = ", ".join([*TAG_ALIASES, *TAG_ALIASES.values()]) + (  # for error messages
+    ", or an mmpretrain model-zoo name efficientnetv2-<v>_{" + ",".join(MMPRETRAIN_TAGS) + "}")
 # Upstream file format -> the converter source that reads it (keras_effv2.weights.convert).
-FORMAT_SOURCES = {"timm-safetensors": "timm", "automl-tgz": "automl"}
+FORMAT_SOURCES = {"timm-safetensors": "timm", "automl-tgz": "automl",
+                  "mmpretrain-pth": "mmpretrain"}
+FORMAT_EXTENSIONS = {"timm-safetensors": "safetensors", "automl-tgz": "tgz",
+                     "mmpretrain-pth": "pth"}
 
 
 @dataclasses.dataclass(frozen=True)
 class WeightsSpec:
     """One official weight set.
 
-    ``source_format`` is ``"timm-safetensors"`` or ``"automl-tgz"``. ``sha256`` is the
+    ``source_format`` is ``"timm-safetensors"``, ``"automl-tgz"`` or ``"mmpretrain-pth"``.
+    ``sha256`` is the
     upstream file's hash when known (``None``: not yet recorded; the converted file's hash
     is recorded at conversion in the cache). ``top1`` is the published ImageNet-1k top-1
     (automl README / paper), ``top1_timm`` timm's measured value; ``None`` where none exists
-    (21k heads are not ImageNet-1k classifiers).
+    (21k heads are not ImageNet-1k classifiers); the mmpretrain sets carry mmpretrain's
+    published top-1/``top5``.
     """
 
     variant: str
@@ -55,6 +65,7 @@ class WeightsSpec:
     top1_timm: float | None = None
     sha256: str | None = None
     license: str = "Apache-2.0"
+    top5: float | None = None
 
     @property
     def key(self) -> str:
@@ -62,12 +73,21 @@ class WeightsSpec:
 
     @property
     def alias(self) -> str:
+        """The user-facing name: ``imagenet``..., or the mmpretrain model-zoo name."""
+        if self.tag in MMPRETRAIN_TAGS:
+            return MMPRETRAIN_ZOO[(self.variant, self.tag)].name
         return {v: k for k, v in TAG_ALIASES.items()}[self.tag]
 
     @property
     def source(self) -> str:
-        """The converter source of the upstream file: ``"timm"`` or ``"automl"``."""
+        """The converter source of the upstream file: ``"timm"``, ``"automl"`` or
+        ``"mmpretrain"``."""
         return FORMAT_SOURCES[self.source_format]
+
+    @property
+    def file_extension(self) -> str:
+        """Extension of the upstream file (``safetensors``, ``tgz``, ``pth``)."""
+        return FORMAT_EXTENSIONS[self.source_format]
 
     @property
     def converted_name(self) -> str:
@@ -151,17 +171,27 @@ _ENTRIES = (
     _timm("xl", "in21k_ft_in1k", 1000, _timm_pp(INCEPTION, "xl", "in21k_ft_in1k", 1.0, _SQ),
           (384, 512), 87.2, 86.754),
 )
-WEIGHTS: dict[str, WeightsSpec] = {w.key: w for w in _ENTRIES}
+# --- the seed model card's mmpretrain checkpoints (keras_effv2.weights.mmpretrain_zoo) ------
+_MMPRETRAIN_ENTRIES = tuple(
+    WeightsSpec(e.variant, e.tag, e.url, "mmpretrain-pth", e.num_classes, e.preprocessing,
+                e.train_size, e.eval_size, top1=e.top1, top5=e.top5)
+    for e in MMPRETRAIN_ZOO.values())
+WEIGHTS: dict[str, WeightsSpec] = {w.key: w for w in (*_ENTRIES, *_MMPRETRAIN_ENTRIES)}
 
 
 def normalize_tag(tag: str) -> str:
-    """``"imagenet21k-ft1k"`` -> ``"in21k_ft_in1k"``; timm tags pass through."""
+    """``"imagenet21k-ft1k"`` -> ``"in21k_ft_in1k"``, ``"efficientnetv2-s_3rdparty_in1k"`` ->
+    ``"3rdparty_in1k"``; timm and mmpretrain tags pass through."""
+    zoo = parse_zoo_name(tag)
+    if zoo is not None:
+        return zoo[1]
     return TAG_ALIASES.get(str(tag).lower(), str(tag).lower())
 
 
 def is_weights_tag(weights) -> bool:
     """Whether ``weights`` names a registered tag (rather than a file path)."""
-    return isinstance(weights, str) and normalize_tag(weights) in set(TAG_ALIASES.values())
+    return isinstance(weights, str) and normalize_tag(weights) in {
+        *TAG_ALIASES.values(), *MMPRETRAIN_TAGS}
 
 
 def get_weights_spec(variant, tag: str) -> WeightsSpec:
@@ -171,6 +201,11 @@ def get_weights_spec(variant, tag: str) -> WeightsSpec:
         ValueError: naming the valid tags for the variant when the combination does not exist.
     """
     v = get_variant(variant).name
+    zoo = parse_zoo_name(tag)
+    if zoo is not None and zoo[0] != v:
+        raise ValueError(f"{tag!r} is EfficientNetV2-{zoo[0].upper()}'s mmpretrain weight set, "
+                         f"not EfficientNetV2-{v.upper()}'s; use "
+                         f"'efficientnetv2-{v}_{zoo[1]}' if it exists.")
     key = f"{v}.{normalize_tag(tag)}"
     if key not in WEIGHTS:
         valid = [f"{w.alias!r} ({w.tag})" for w in WEIGHTS.values() if w.variant == v]
@@ -203,7 +238,7 @@ def list_weights(variant=None) -> list[dict]:
     Example:
         >>> from keras_effv2.weights import list_weights
         >>> [w["key"] for w in list_weights("xl")]
-        ['xl.in21k', 'xl.in21k_ft_in1k']
+        ['xl.in21k', 'xl.in21k_ft_in1k', 'xl.in21k-pre_3rdparty_in1k', 'xl.3rdparty_in21k']
     """
     v = get_variant(variant).name if variant is not None else None
     return [w.as_dict() for w in WEIGHTS.values() if v is None or w.variant == v]
