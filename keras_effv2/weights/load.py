@@ -32,7 +32,7 @@ from keras_effv2.weights.porting.assign import listing, model_weight_keys
 from keras_effv2.weights.registry import TAG_NAMES, get_weights_spec, is_weights_tag
 
 logger = logging.getLogger("keras_effv2")
-HEAD_LAYER = "predictions"
+HEAD_LAYER = keras_h5.HEAD_LAYER
 _BLOCK_NAME = re.compile(r"s\d+_b\d+")
 
 
@@ -67,7 +67,7 @@ def load(model, weights, *, variant=None) -> None:
     """
     if is_weights_tag(weights):
         spec = get_weights_spec(variant or infer_variant(model), weights)
-        path, _ = cache.ensure_cached(spec)
+        path, _ = cache.ensure_cached(spec, layout=model)
         load_file(model, path, what=f"weights {spec.key!r}")
     else:
         load_file(model, weights_path(weights))
