@@ -204,11 +204,11 @@ def plan_weights_file(layout, reader, source: str, extra: dict | None = None,
     variables = model_weight_keys(layout)
     paths = keras_h5.dataset_paths(layout)
     head = keras_h5.HEAD_LAYER + "/"
-    targets = {k: (paths[k], tuple(v.shape), v.dtype) for k, v in variables.items()
+    targets = {k: (paths[k], tuple(v.shape), "float32") for k, v in variables.items()
                if not k.startswith(head)}
     mapping = fmt.mapping(get_variant(_variant_of(layout)), include_top=classes is not None,
                           **extra)
-    dtype = variables["head_conv/kernel"].dtype
+    dtype = "float32"
     if classes is not None:  # the checkpoint's classifier, whatever the layout model's head
         channels = variables["head_bn/gamma"].shape[0]
         targets[f"{head}kernel"] = (keras_h5.CLASSIFIER_PATHS[0], (channels, classes), dtype)
@@ -238,8 +238,10 @@ def plan_weights_file(layout, reader, source: str, extra: dict | None = None,
     if problems:
         raise PortingError(f"The {source_name} does not fit EfficientNetV2-"
                            f"{_variant_of(layout).upper()}; nothing was written:{problems}")
-    return [PlannedWeight(k, path, mapping[k], shape, str(np.dtype(dt)))
-            for k, (path, shape, dt) in targets.items()]
+    # The cache file is float32 whatever the layout model's dtype policy (as Keras writes a
+    # default model's weights); a bfloat16 model still loads full-precision values.
+    return [PlannedWeight(k, path, mapping[k], shape, "float32")
+            for k, (path, shape, _) in targets.items()]
 
 
 def _variant_of(model) -> str:
