@@ -29,7 +29,7 @@ import pytest
 from helpers import to_backend_layout, to_numpy
 
 import keras_effv2
-from keras_effv2.weights import WEIGHTS, WeightsDownloadError, cache, load_file, registry
+from keras_effv2.weights import WEIGHTS, WeightsDownloadError, cache, load, load_file, registry
 from keras_effv2.weights.download import HashMismatchError, expected_sha256, sha256_file
 
 pytest.importorskip("timm")
@@ -57,6 +57,12 @@ def timm_b0(tmp_path_factory):
             hw.write_pth(model, d / "m.pth"))
 
 
+@pytest.fixture(scope="module")
+def b0():
+    """One B0 (with preprocessing, logits) that every test loads into."""
+    return keras_effv2.EfficientNetV2B0(weights=None, classifier_activation=None)
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
@@ -74,6 +80,12 @@ def logits(model):
     pp = SPEC.preprocessing  # raw images that the set's preprocessing maps to Z
     raw = ((Z * np.array(pp.std) + np.array(pp.mean)) * 255.0).astype("float32")
     return to_numpy(model(to_backend_layout(raw), training=False))
+
+
+def reset(model):
+    """Zero every weight, so a passing comparison shows the load that follows."""
+    for v in model.weights:
+        v.assign(np.zeros(v.shape, v.dtype))
 
 
 def place(path, root, url):
@@ -114,7 +126,7 @@ def test_upstream_order(monkeypatch):
         registry.upstreams(SPEC)
 
 
-def test_hash_prefix_mismatch_is_refused_and_nothing_cached(timm_b0, home, tmp_path,
+def test_hash_prefix_mismatch_is_refused_and_nothing_cached(timm_b0, b0, home, tmp_path,
                                                             monkeypatch):
     """The registry's b0.in1k GitHub file name promises c7cc451f; the mirror serves another
     file (our random .pth)."""
@@ -125,13 +137,13 @@ def test_hash_prefix_mismatch_is_refused_and_nothing_cached(timm_b0, home, tmp_p
     monkeypatch.setenv(registry.UPSTREAM_ENV, "github")
     actual = sha256_file(pth)
     with pytest.raises(HashMismatchError) as e:
-        keras_effv2.EfficientNetV2B0(weights="imagenet")
+        load(b0, "imagenet")
     assert f"sha256 is {actual}" in str(e.value) and "is c7cc451f" in str(e.value)
     assert "tf_efficientnetv2_b0-c7cc451f.pth" in str(e.value)
     assert files_under(home) == []  # no download, no converted file, no sidecar, no lock
 
 
-def test_full_sha256_is_checked(timm_b0, home, tmp_path, monkeypatch):
+def test_full_sha256_is_checked(timm_b0, b0, home, tmp_path, monkeypatch):
     reference, st, _ = timm_b0
     place(st, tmp_path / "mirror", SPEC.url)
     monkeypatch.setenv(cache.MIRROR_ENV, str(tmp_path / "mirror"))
@@ -144,9 +156,9 @@ def test_full_sha256_is_checked(timm_b0, home, tmp_path, monkeypatch):
     path, converted = cache.ensure_cached(right)
     assert converted and files_under(home) == [SPEC.converted_name,
                                                SPEC.converted_name + ".sha256"]
-    model = keras_effv2.EfficientNetV2B0(weights=None, classifier_activation=None)
-    load_file(model, path)
-    np.testing.assert_allclose(logits(model), reference, rtol=0, atol=TOL)
+    reset(b0)
+    load_file(b0, path)
+    np.testing.assert_allclose(logits(b0), reference, rtol=0, atol=TOL)
 
 
 def github_spec(pth):
@@ -156,17 +168,17 @@ def github_spec(pth):
     return dataclasses.replace(SPEC, alternatives=(registry.Upstream("github", url, "timm-pth"),))
 
 
-def test_github_pth_serves_when_the_hub_file_is_missing(timm_b0, home, tmp_path, monkeypatch,
-                                                        caplog):
+def test_github_pth_serves_when_the_hub_file_is_missing(timm_b0, b0, home, tmp_path,
+                                                        monkeypatch, caplog):
     reference, _, pth = timm_b0
     spec = github_spec(pth)
     place(pth, tmp_path / "mirror", spec.alternatives[0].url)  # the mirror lacks model.safetensors
     monkeypatch.setenv(cache.MIRROR_ENV, str(tmp_path / "mirror"))
     path, converted = cache.ensure_cached(spec)
     assert converted and "model.safetensors" in caplog.text  # the Hub file was tried first
-    model = keras_effv2.EfficientNetV2B0(weights=None, classifier_activation=None)
-    load_file(model, path)
-    np.testing.assert_allclose(logits(model), reference, rtol=0, atol=TOL)
+    reset(b0)
+    load_file(b0, path)
+    np.testing.assert_allclose(logits(b0), reference, rtol=0, atol=TOL)
     assert files_under(home) == [SPEC.converted_name, SPEC.converted_name + ".sha256"]
     # Neither host serves it: both failures are named.
     monkeypatch.setenv(cache.MIRROR_ENV, str(tmp_path / "empty"))
@@ -230,13 +242,14 @@ def hf_env(monkeypatch):
     importlib.reload(constants)
 
 
-def test_hub_files_go_through_huggingface_hub(timm_b0, home, tmp_path, hub_server, hf_env):
+def test_hub_files_go_through_huggingface_hub(timm_b0, b0, home, tmp_path, hub_server, hf_env):
     reference = timm_b0[0]
     hf_cache = tmp_path / "hf_cache"
     hf_env(HF_ENDPOINT=hub_server, HF_HUB_CACHE=str(hf_cache), HF_TOKEN="hf_test_token",
            HF_HUB_OFFLINE="0")
-    model = keras_effv2.EfficientNetV2B0(weights="imagenet", classifier_activation=None)
-    np.testing.assert_allclose(logits(model), reference, rtol=0, atol=TOL)
+    reset(b0)
+    load(b0, "imagenet")
+    np.testing.assert_allclose(logits(b0), reference, rtol=0, atol=TOL)
     resolve = f"/{url_path(SPEC.url)}"
     fetched = [(c, a) for c, p, a in _HubHandler.seen if p == resolve]
     assert ("GET", "Bearer hf_test_token") in fetched
@@ -250,8 +263,9 @@ def test_hub_files_go_through_huggingface_hub(timm_b0, home, tmp_path, hub_serve
         os.remove(home / name)
     _HubHandler.seen = []
     hf_env(HF_HUB_OFFLINE="1")
-    model = keras_effv2.EfficientNetV2B0(weights="imagenet", classifier_activation=None)
-    np.testing.assert_allclose(logits(model), reference, rtol=0, atol=TOL)
+    reset(b0)
+    load(b0, "imagenet")
+    np.testing.assert_allclose(logits(b0), reference, rtol=0, atol=TOL)
     assert not [p for _, p, _ in _HubHandler.seen if p == resolve]
     # Offline with an empty Hub cache: a clear error, nothing cached.
     for name in files_under(home):
@@ -263,7 +277,7 @@ def test_hub_files_go_through_huggingface_hub(timm_b0, home, tmp_path, hub_serve
     assert files_under(home) == []
 
 
-def test_without_huggingface_hub_get_file_fetches(timm_b0, home, tmp_path, hub_server,
+def test_without_huggingface_hub_get_file_fetches(timm_b0, b0, home, tmp_path, hub_server,
                                                   monkeypatch):
     """``huggingface_hub`` hidden: the Hub URL itself goes to ``keras.utils.get_file`` (here
     redirected to the loopback server, the only host this test may reach)."""
@@ -276,8 +290,9 @@ def test_without_huggingface_hub_get_file_fetches(timm_b0, home, tmp_path, hub_s
                              **kwargs)
 
     monkeypatch.setattr(keras.utils, "get_file", get_file)
-    model = keras_effv2.EfficientNetV2B0(weights="imagenet", classifier_activation=None)
-    np.testing.assert_allclose(logits(model), timm_b0[0], rtol=0, atol=TOL)
+    reset(b0)
+    load(b0, "imagenet")
+    np.testing.assert_allclose(logits(b0), timm_b0[0], rtol=0, atol=TOL)
     assert origins == [SPEC.url]
     assert files_under(home) == [SPEC.converted_name, SPEC.converted_name + ".sha256"]
     assert [(p, a) for _, p, a in _HubHandler.seen] == [(f"/{url_path(SPEC.url)}", None)]
