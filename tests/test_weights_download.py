@@ -150,10 +150,10 @@ def test_full_sha256_is_checked(timm_b0, b0, home, tmp_path, monkeypatch):
     wrong = dataclasses.replace(SPEC, sha256="0" * 64)
     with pytest.raises(HashMismatchError, match=f"sha256 is {sha256_file(st)}, but its sha256 "
                                                 f"is {'0' * 64}"):
-        cache.ensure_cached(wrong)
+        cache.ensure_cached(wrong, layout=b0)
     assert files_under(home) == []
     right = dataclasses.replace(SPEC, sha256=sha256_file(st).upper())
-    path, converted = cache.ensure_cached(right)
+    path, converted = cache.ensure_cached(right, layout=b0)
     assert converted and files_under(home) == [SPEC.converted_name,
                                                SPEC.converted_name + ".sha256"]
     reset(b0)
@@ -174,7 +174,7 @@ def test_github_pth_serves_when_the_hub_file_is_missing(timm_b0, b0, home, tmp_p
     spec = github_spec(pth)
     place(pth, tmp_path / "mirror", spec.alternatives[0].url)  # the mirror lacks model.safetensors
     monkeypatch.setenv(cache.MIRROR_ENV, str(tmp_path / "mirror"))
-    path, converted = cache.ensure_cached(spec)
+    path, converted = cache.ensure_cached(spec, layout=b0)
     assert converted and "model.safetensors" in caplog.text  # the Hub file was tried first
     reset(b0)
     load_file(b0, path)
@@ -185,7 +185,7 @@ def test_github_pth_serves_when_the_hub_file_is_missing(timm_b0, b0, home, tmp_p
     os.remove(path)
     with pytest.raises(WeightsDownloadError, match=r"(?s)model\.safetensors.*-"
                                                    f"{sha256_file(pth)[:8]}\\.pth"):
-        cache.ensure_cached(spec)
+        cache.ensure_cached(spec, layout=b0)
 
 
 # ------------------------------------------------------------------ the Hugging Face Hub

@@ -39,7 +39,12 @@ from keras_effv2.model import build_efficientnetv2
 from keras_effv2.weights import keras_h5
 from keras_effv2.weights.errors import CheckpointError, PortingError
 from keras_effv2.weights.memory import release_freed_memory, release_interval
-from keras_effv2.weights.porting.assign import assign_weights, listing, model_weight_keys
+from keras_effv2.weights.porting.assign import (
+    assign_weights,
+    infer_variant,
+    listing,
+    model_weight_keys,
+)
 from keras_effv2.weights.porting.key_maps import (
     TIMM_IGNORED_SUFFIXES,
     automl_mapping,
@@ -204,15 +209,14 @@ def plan_weights_file(layout, reader, source: str, extra: dict | None = None,
     variables = model_weight_keys(layout)
     paths = keras_h5.dataset_paths(layout)
     head = keras_h5.HEAD_LAYER + "/"
-    targets = {k: (paths[k], tuple(v.shape), "float32") for k, v in variables.items()
+    targets = {k: (paths[k], tuple(v.shape)) for k, v in variables.items()
                if not k.startswith(head)}
-    mapping = fmt.mapping(get_variant(_variant_of(layout)), include_top=classes is not None,
+    mapping = fmt.mapping(get_variant(infer_variant(layout)), include_top=classes is not None,
                           **extra)
-    dtype = "float32"
     if classes is not None:  # the checkpoint's classifier, whatever the layout model's head
         channels = variables["head_bn/gamma"].shape[0]
-        targets[f"{head}kernel"] = (keras_h5.CLASSIFIER_PATHS[0], (channels, classes), dtype)
-        targets[f"{head}bias"] = (keras_h5.CLASSIFIER_PATHS[1], (classes,), dtype)
+        targets[f"{head}kernel"] = (keras_h5.CLASSIFIER_PATHS[0], (channels, classes))
+        targets[f"{head}bias"] = (keras_h5.CLASSIFIER_PATHS[1], (classes,))
     sources = {k for k in reader if not k.endswith(fmt.ignored_suffixes)}
     missing_target = [k for k in targets if k not in mapping]
     missing_source = [f"{k} <- {mapping[k].source}" for k in targets
@@ -221,7 +225,7 @@ def plan_weights_file(layout, reader, source: str, extra: dict | None = None,
     duplicated = {s for s in used if used.count(s) > 1}
     unused = sources - set(used)
     bad_shapes = []
-    for key, (_, shape, _) in targets.items():
+    for key, (_, shape) in targets.items():
         m = mapping.get(key)
         if m is None or m.source not in reader:
             continue
@@ -237,17 +241,11 @@ def plan_weights_file(layout, reader, source: str, extra: dict | None = None,
     )
     if problems:
         raise PortingError(f"The {source_name} does not fit EfficientNetV2-"
-                           f"{_variant_of(layout).upper()}; nothing was written:{problems}")
+                           f"{infer_variant(layout).upper()}; nothing was written:{problems}")
     # The cache file is float32 whatever the layout model's dtype policy (as Keras writes a
     # default model's weights); a bfloat16 model still loads full-precision values.
     return [PlannedWeight(k, path, mapping[k], shape, "float32")
-            for k, (path, shape, _) in targets.items()]
-
-
-def _variant_of(model) -> str:
-    from keras_effv2.weights.load import infer_variant
-
-    return infer_variant(model)
+            for k, (path, shape) in targets.items()]
 
 
 def write_weights_file(plan: list[PlannedWeight], reader, output) -> None:
@@ -319,8 +317,8 @@ def convert(variant, source: str, checkpoint, output, *, ema: bool = True,
     reader, extra = open_checkpoint(source, checkpoint, variant, ema=ema)
     with reader:
         classes = checkpoint_classes(source, reader, extra)
-        if layout is not None and _variant_of(layout) != variant:
-            raise ValueError(f"layout is an EfficientNetV2-{_variant_of(layout).upper()}, "
+        if layout is not None and infer_variant(layout) != variant:
+            raise ValueError(f"layout is an EfficientNetV2-{infer_variant(layout).upper()}, "
                              f"not {variant.upper()}.")
         model = build_for_checkpoint(variant, classes) if layout is None or verify else None
         plan = plan_weights_file(model if model is not None else layout, reader, source, extra)
@@ -329,9 +327,7 @@ def convert(variant, source: str, checkpoint, output, *, ema: bool = True,
             write_weights_file(plan, reader, tmp)
             report = None
             if verify is not None:
-                from keras_effv2.weights.load import load_file
-
-                load_file(model, tmp)
+                model.load_weights(tmp)  # Keras' own reader of what it would have written
                 report = verify(model, reader)
             os.replace(tmp, output)
         finally:
