@@ -5,7 +5,7 @@
   differs from a recorded full sha256, is refused naming both hashes, deleted, nothing cached.
 * Upstreams: timm's GitHub ``.pth`` (a real ``torch.save`` file, named with its own hash
   prefix) serves a tag when the Hugging Face file is missing, or first with
-  ``KERAS_EFFV2_WEIGHTS_UPSTREAM=github``; the logits match timm's forward.
+  ``KERAS_EFFV2_WEIGHTS_UPSTREAM=github``; the cached file equals the direct conversion.
 * The Hub: with ``huggingface_hub`` installed a ``huggingface.co`` file is fetched by
   ``hf_hub_download`` from ``HF_ENDPOINT`` (a local ``http.server`` on 127.0.0.1 answering as
   the Hub does: ``X-Repo-Commit`` and ``ETag`` headers), with ``HF_TOKEN`` sent, into
@@ -26,22 +26,19 @@ import urllib.parse
 import keras
 import numpy as np
 import pytest
-from helpers import to_backend_layout, to_numpy
 
 import keras_effv2
-from keras_effv2.weights import WEIGHTS, WeightsDownloadError, cache, load, load_file, registry
+from keras_effv2.weights import WEIGHTS, WeightsDownloadError, cache, convert, load, registry
 from keras_effv2.weights.download import HashMismatchError, expected_sha256, sha256_file
 
 pytest.importorskip("timm")
 pytest.importorskip("torch")
 import helpers_weights as hw  # noqa: E402
-from helpers_timm import make_timm_model, timm_logits, timm_state_dict  # noqa: E402
+from helpers_timm import make_timm_model, timm_state_dict  # noqa: E402
 
 SIZE = 64
-TOL = 1e-4
 SPEC = WEIGHTS["b0.in1k"]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-Z = np.random.default_rng(7).normal(size=(2, SIZE, SIZE, 3)).astype("float32")
 
 
 def url_path(url):
@@ -50,17 +47,46 @@ def url_path(url):
 
 @pytest.fixture(scope="module")
 def timm_b0(tmp_path_factory):
-    """``(reference logits on Z, safetensors path, .pth path)`` of one random timm B0."""
+    """``(None, safetensors path, .pth path)`` of one random timm B0."""
     model = make_timm_model("b0", image_size=SIZE)
     d = tmp_path_factory.mktemp("timm")
-    return (timm_logits(model, Z), hw.write_safetensors(timm_state_dict(model), d / "m.st"),
-            hw.write_pth(model, d / "m.pth"))
+    return (None, hw.write_safetensors(timm_state_dict(model), d / "model.safetensors"),
+            hw.write_pth(model, d / "b0.pth"))
 
 
 @pytest.fixture(scope="module")
 def b0():
     """One B0 (with preprocessing, logits) that every test loads into."""
     return keras_effv2.EfficientNetV2B0(weights=None, classifier_activation=None)
+
+
+@pytest.fixture(scope="module")
+def expected_file(timm_b0, b0, tmp_path_factory):
+    """The datasets of the fixture converted directly (the conversion itself is checked
+    against timm's forward in test_weights_convert.py): what a fetched and converted tag must
+    cache."""
+    out = tmp_path_factory.mktemp("direct") / "b0.weights.h5"
+    return datasets(convert("b0", "timm", timm_b0[1], out, layout=b0).output)
+
+
+def datasets(path) -> dict:
+    import h5py
+
+    out = {}
+    with h5py.File(path) as f:
+        f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset)
+                     else None)
+    return out
+
+
+def assert_cached(home, expected_file):
+    """The cache holds exactly the converted file (and its sidecar), equal to the direct
+    conversion."""
+    assert files_under(home) == [SPEC.converted_name, SPEC.converted_name + ".sha256"]
+    got = datasets(home / SPEC.converted_name)
+    assert sorted(got) == sorted(expected_file)
+    for name, value in expected_file.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
 @pytest.fixture
@@ -74,18 +100,6 @@ def home(tmp_path, monkeypatch):
 def files_under(root):
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) \
         if root.exists() else []
-
-
-def logits(model):
-    pp = SPEC.preprocessing  # raw images that the set's preprocessing maps to Z
-    raw = ((Z * np.array(pp.std) + np.array(pp.mean)) * 255.0).astype("float32")
-    return to_numpy(model(to_backend_layout(raw), training=False))
-
-
-def reset(model):
-    """Zero every weight, so a passing comparison shows the load that follows."""
-    for v in model.weights:
-        v.assign(np.zeros(v.shape, v.dtype))
 
 
 def place(path, root, url):
@@ -143,8 +157,8 @@ def test_hash_prefix_mismatch_is_refused_and_nothing_cached(timm_b0, b0, home, t
     assert files_under(home) == []  # no download, no converted file, no sidecar, no lock
 
 
-def test_full_sha256_is_checked(timm_b0, b0, home, tmp_path, monkeypatch):
-    reference, st, _ = timm_b0
+def test_full_sha256_is_checked(timm_b0, b0, expected_file, home, tmp_path, monkeypatch):
+    _, st, _ = timm_b0
     place(st, tmp_path / "mirror", SPEC.url)
     monkeypatch.setenv(cache.MIRROR_ENV, str(tmp_path / "mirror"))
     wrong = dataclasses.replace(SPEC, sha256="0" * 64)
@@ -154,11 +168,8 @@ def test_full_sha256_is_checked(timm_b0, b0, home, tmp_path, monkeypatch):
     assert files_under(home) == []
     right = dataclasses.replace(SPEC, sha256=sha256_file(st).upper())
     path, converted = cache.ensure_cached(right, layout=b0)
-    assert converted and files_under(home) == [SPEC.converted_name,
-                                               SPEC.converted_name + ".sha256"]
-    reset(b0)
-    load_file(b0, path)
-    np.testing.assert_allclose(logits(b0), reference, rtol=0, atol=TOL)
+    assert converted
+    assert_cached(home, expected_file)
 
 
 def github_spec(pth):
@@ -168,18 +179,15 @@ def github_spec(pth):
     return dataclasses.replace(SPEC, alternatives=(registry.Upstream("github", url, "timm-pth"),))
 
 
-def test_github_pth_serves_when_the_hub_file_is_missing(timm_b0, b0, home, tmp_path,
-                                                        monkeypatch, caplog):
-    reference, _, pth = timm_b0
+def test_github_pth_serves_when_the_hub_file_is_missing(timm_b0, b0, expected_file, home,
+                                                        tmp_path, monkeypatch, caplog):
+    _, _, pth = timm_b0
     spec = github_spec(pth)
     place(pth, tmp_path / "mirror", spec.alternatives[0].url)  # the mirror lacks model.safetensors
     monkeypatch.setenv(cache.MIRROR_ENV, str(tmp_path / "mirror"))
     path, converted = cache.ensure_cached(spec, layout=b0)
     assert converted and "model.safetensors" in caplog.text  # the Hub file was tried first
-    reset(b0)
-    load_file(b0, path)
-    np.testing.assert_allclose(logits(b0), reference, rtol=0, atol=TOL)
-    assert files_under(home) == [SPEC.converted_name, SPEC.converted_name + ".sha256"]
+    assert_cached(home, expected_file)
     # Neither host serves it: both failures are named.
     monkeypatch.setenv(cache.MIRROR_ENV, str(tmp_path / "empty"))
     os.remove(path)
@@ -242,14 +250,13 @@ def hf_env(monkeypatch):
     importlib.reload(constants)
 
 
-def test_hub_files_go_through_huggingface_hub(timm_b0, b0, home, tmp_path, hub_server, hf_env):
-    reference = timm_b0[0]
+def test_hub_files_go_through_huggingface_hub(timm_b0, b0, expected_file, home, tmp_path,
+                                              hub_server, hf_env):
     hf_cache = tmp_path / "hf_cache"
     hf_env(HF_ENDPOINT=hub_server, HF_HUB_CACHE=str(hf_cache), HF_TOKEN="hf_test_token",
            HF_HUB_OFFLINE="0")
-    reset(b0)
     load(b0, "imagenet")
-    np.testing.assert_allclose(logits(b0), reference, rtol=0, atol=TOL)
+    assert_cached(home, expected_file)
     resolve = f"/{url_path(SPEC.url)}"
     fetched = [(c, a) for c, p, a in _HubHandler.seen if p == resolve]
     assert ("GET", "Bearer hf_test_token") in fetched
@@ -257,15 +264,13 @@ def test_hub_files_go_through_huggingface_hub(timm_b0, b0, home, tmp_path, hub_s
     snapshot = (hf_cache / "models--timm--tf_efficientnetv2_b0.in1k" / "snapshots" / COMMIT
                 / "model.safetensors")
     assert sha256_file(snapshot) == sha256_file(timm_b0[1])  # kept in the Hub's cache
-    assert files_under(home) == [SPEC.converted_name, SPEC.converted_name + ".sha256"]
     # Offline: the Hub's cache serves the next conversion, no request is made.
     for name in files_under(home):
         os.remove(home / name)
     _HubHandler.seen = []
     hf_env(HF_HUB_OFFLINE="1")
-    reset(b0)
     load(b0, "imagenet")
-    np.testing.assert_allclose(logits(b0), reference, rtol=0, atol=TOL)
+    assert_cached(home, expected_file)
     assert not [p for _, p, _ in _HubHandler.seen if p == resolve]
     # Offline with an empty Hub cache: a clear error, nothing cached.
     for name in files_under(home):
@@ -277,8 +282,8 @@ def test_hub_files_go_through_huggingface_hub(timm_b0, b0, home, tmp_path, hub_s
     assert files_under(home) == []
 
 
-def test_without_huggingface_hub_get_file_fetches(timm_b0, b0, home, tmp_path, hub_server,
-                                                  monkeypatch):
+def test_without_huggingface_hub_get_file_fetches(timm_b0, b0, expected_file, home, tmp_path,
+                                                  hub_server, monkeypatch):
     """``huggingface_hub`` hidden: the Hub URL itself goes to ``keras.utils.get_file`` (here
     redirected to the loopback server, the only host this test may reach)."""
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import raises ImportError
@@ -290,11 +295,9 @@ def test_without_huggingface_hub_get_file_fetches(timm_b0, b0, home, tmp_path, h
                              **kwargs)
 
     monkeypatch.setattr(keras.utils, "get_file", get_file)
-    reset(b0)
     load(b0, "imagenet")
-    np.testing.assert_allclose(logits(b0), timm_b0[0], rtol=0, atol=TOL)
     assert origins == [SPEC.url]
-    assert files_under(home) == [SPEC.converted_name, SPEC.converted_name + ".sha256"]
+    assert_cached(home, expected_file)
     assert [(p, a) for _, p, a in _HubHandler.seen] == [(f"/{url_path(SPEC.url)}", None)]
 
 
