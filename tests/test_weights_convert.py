@@ -129,6 +129,52 @@ def test_timm_and_automl_give_identical_files(files, tmp_path):
             np.testing.assert_array_equal(fa[n][()], fb[n][()], err_msg=n)
 
 
+def h5_datasets(path) -> dict:
+    """``{dataset path: (value, dtype, its group's 'name' attribute)}`` of an HDF5 file."""
+    import h5py
+
+    out = {}
+    with h5py.File(path) as f:
+        f.visititems(lambda n, o: out.__setitem__(n, (o[()], o.dtype, o.parent.attrs.get("name")))
+                     if isinstance(o, h5py.Dataset) else None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def keras_written(files, tmp_path_factory):
+    """The reference file: a model filled with the whole timm checkpoint (``port``), written
+    by Keras' own ``Model.save_weights``. (timm's and automl's files of the same tensors give
+    identical files: ``test_timm_and_automl_give_identical_files``.)"""
+    tensors, extra = read_checkpoint("timm", files["safetensors"], "b0")
+    reference = str(tmp_path_factory.mktemp("keras") / "keras.weights.h5")
+    port("b0", "timm", tensors, extra).save_weights(reference)
+    return h5_datasets(reference)
+
+
+@pytest.mark.parametrize("fmt,source,layout", [
+    ("safetensors", "timm", "notop"), ("pth", "timm", None), ("automl", "automl", "10")])
+def test_streamed_file_equals_keras_save_weights(files, keras_written, fmt, source, layout,
+                                                 tmp_path, images, expected):
+    """The streaming writer's file holds exactly the datasets (names, dtypes, values, group
+    names) that Keras' own ``Model.save_weights`` writes for a model filled with the whole
+    checkpoint; Keras' own ``load_weights`` reads it back to timm's logits. ``layout``: the
+    user's model that gives the layout on first use (no top; a 10-class head), or none."""
+    user = None if layout is None else keras_effv2.EfficientNetV2B0(
+        weights=None, include_top=layout != "notop", classes=10 if layout == "10" else 1000)
+    out = convert("b0", source, files[fmt], tmp_path / "streamed.weights.h5", layout=user).output
+    got = h5_datasets(out)
+    assert sorted(got) == sorted(keras_written) and len(got) == 361
+    for name, (value, dtype, group) in keras_written.items():
+        assert got[name][1] == dtype and got[name][2] == group, name
+        np.testing.assert_array_equal(got[name][0], value, err_msg=name)
+    assert os.listdir(tmp_path) == ["streamed.weights.h5"]
+    if layout == "notop":
+        fresh = keras_effv2.EfficientNetV2B0(weights=None, include_preprocessing=False,
+                                             classifier_activation=None)
+        fresh.load_weights(out)  # Keras' own reader
+        assert_close(predict(fresh, images), expected)
+
+
 def _same_shape_pair(tensors, contains):
     """Two different entries whose names contain ``contains``, of the same shape."""
     by_shape = {}

@@ -21,6 +21,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Peak RSS growth while loading, over the model's own weight bytes: at most 20 % on top of
 # the weights the built model already holds (a second model or a copy of the file: >= 100 %).
 MAX_LOAD_GROWTH = 0.2
+# First use of a tag (download from a mirror, streaming conversion, cache, load). Issue 21 asks
+# for <= 1.3x the weights (before streaming: S 2.37x TensorFlow / 2.27x torch, XL 2.13x);
+# streaming measures S 0.21-0.27x, XL 0.07x. 0.6 also fails when conversion holds one whole
+# copy of the checkpoint (S 1.15x measured), which 1.3 would let pass.
+MAX_FIRST_USE_GROWTH = 0.6
 
 
 def randomize(model, seed=0):
@@ -141,14 +146,14 @@ def test_not_a_weights_file(tmp_path):
         b0(weights="b0.h5")
 
 
-def probe_load_growth(variant: str, tmp_path) -> tuple[dict, float]:
+def probe_load_growth(variant: str, tmp_path, *extra: str) -> tuple[dict, float]:
     """``load_memory_probe.py`` in a fresh process: its JSON and the peak RSS growth while
     loading, over the model's weight bytes. (A fresh process: in the suite's own process the
     heap left by earlier tests moved the figure by +/-0.03.)"""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])}
     run = subprocess.run([sys.executable, os.path.join(REPO, "tests", "load_memory_probe.py"),
-                          variant, str(tmp_path)], env=env, capture_output=True, text=True,
-                         timeout=1800)
+                          variant, str(tmp_path), *extra], env=env, capture_output=True,
+                         text=True, timeout=1800)
     assert run.returncode == 0, run.stderr[-3000:]
     r = json.loads(run.stdout.strip().splitlines()[-1])
     growth = (r["peak_kib"] - r["before_load_kib"]) * 1024 / r["weight_bytes"]
@@ -172,3 +177,21 @@ def test_load_memory_xl_fresh_process(tmp_path):
     r, growth = probe_load_growth("xl", tmp_path)
     assert r["weight_bytes"] == 208_896_832 * 4
     assert growth <= MAX_LOAD_GROWTH
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux peak-RSS reset")
+def test_first_use_memory_s(tmp_path):
+    """First use of s.in1k from a local mirror (random timm-layout safetensors) on a built S:
+    download, streaming conversion into the cache and the load add at most 1.3x the weights."""
+    r, growth = probe_load_growth("s", tmp_path, "--first-use", "in1k")
+    assert r["weight_bytes"] == 21_612_360 * 4
+    assert growth <= MAX_FIRST_USE_GROWTH
+
+
+@pytest.mark.large
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux peak-RSS reset")
+def test_first_use_memory_xl(tmp_path):
+    """First use of xl.in21k_ft_in1k (836 MB of weights)."""
+    r, growth = probe_load_growth("xl", tmp_path, "--first-use", "in21k_ft_in1k")
+    assert r["weight_bytes"] == 208_896_832 * 4
+    assert growth <= MAX_FIRST_USE_GROWTH

@@ -113,7 +113,8 @@ def test_stale_lock_is_broken(keras_home, monkeypatch):
     lock = root / f".{spec.converted_name}.lock"
     lock.write_text(f"{socket.gethostname()} {dead.pid} 0\n")
     calls = []
-    monkeypatch.setattr(cache, "fetch_and_convert", lambda s, o: calls.append(o) or (o, 1))
+    monkeypatch.setattr(cache, "fetch_and_convert",
+                        lambda s, o, layout=None: calls.append(o) or (o, 1))
     assert cache.ensure_cached(spec)[1] == 1 and not lock.exists()
     lock.write_text(f"{socket.gethostname()} {os.getpid()} {time.time()}\n")
     with pytest.raises(TimeoutError):

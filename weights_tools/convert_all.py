@@ -31,7 +31,7 @@ from keras_effv2.weights import (
     normalize_tag,
     registry,
 )
-from keras_effv2.weights.cache import remove_paths, sha256_file
+from keras_effv2.weights.cache import discard_download, sha256_file
 from weights_tools.verify import VerificationError, verifier
 
 MANIFEST = "manifest.json"
@@ -90,7 +90,7 @@ def convert_one(spec, output_dir: str, verify_size: int = 128) -> dict:
         entry["error"] = f"{type(e).__name__}: {e}"
     finally:
         if source is not None:
-            remove_paths(source)
+            discard_download(source)  # ours only: a Hub cache file stays
     return entry
 
 

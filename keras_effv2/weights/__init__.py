@@ -1,9 +1,11 @@
 """Pretrained weights: the registry, the download cache, porting, ``convert`` and ``load``.
 
 * :mod:`~keras_effv2.weights.registry`: the official weight sets as data (``WEIGHTS``);
-* :mod:`~keras_effv2.weights.cache`: fetch (mirror), convert once, lock, sha256 sidecar;
+* :mod:`~keras_effv2.weights.download`: fetch one file (mirror, Hugging Face Hub,
+  ``get_file``), checked against its sha256 or the hash prefix in its name;
+* :mod:`~keras_effv2.weights.cache`: fetch (hosts in order), convert once, lock, sha256 sidecar;
 * :mod:`~keras_effv2.weights.porting`: key maps, readers and strict assignment;
-* :func:`convert`: one upstream checkpoint to a ``.weights.h5`` file;
+* :func:`convert`: one upstream checkpoint to a ``.weights.h5`` file, one tensor at a time;
 * :func:`load`: a tag or ``.weights.h5`` into a built model, one tensor at a time;
 * :func:`export`: a model's weights out as a timm (``.safetensors``) or mmpretrain (``.pth``)
   state dict (:mod:`~keras_effv2.weights.state_dict_export`).
@@ -20,8 +22,16 @@ Example:
     >>> # load(model, "imagenet")
 """
 
-from keras_effv2.weights.cache import MIRROR_ENV, cache_dir, ensure_cached, fetch_source
+from keras_effv2.weights.cache import (
+    MIRROR_ENV,
+    cache_dir,
+    discard_download,
+    ensure_cached,
+    fetch_source,
+    fetch_upstream,
+)
 from keras_effv2.weights.convert import SOURCES, Conversion, convert
+from keras_effv2.weights.download import HashMismatchError
 from keras_effv2.weights.errors import CheckpointError, PortingError, WeightsDownloadError
 from keras_effv2.weights.load import file_classes, infer_variant, load, load_file
 from keras_effv2.weights.porting import (
@@ -34,7 +44,9 @@ from keras_effv2.weights.porting import (
     timm_mapping,
 )
 from keras_effv2.weights.registry import (
+    UPSTREAM_ENV,
     WEIGHTS,
+    Upstream,
     WeightsSpec,
     default_weights_spec,
     get_weights_spec,
@@ -42,18 +54,22 @@ from keras_effv2.weights.registry import (
     list_weights,
     normalize_tag,
     resolve_key,
+    upstreams,
 )
 from keras_effv2.weights.state_dict_export import export
 
 __all__ = [
     "MIRROR_ENV",
+    "UPSTREAM_ENV",
     "SOURCES",
     "TIMM_IGNORED_SUFFIXES",
     "WEIGHTS",
     "CheckpointError",
+    "HashMismatchError",
     "Conversion",
     "PortingError",
     "TensorMapping",
+    "Upstream",
     "WeightsDownloadError",
     "WeightsSpec",
     "assign_weights",
@@ -61,9 +77,11 @@ __all__ = [
     "cache_dir",
     "convert",
     "default_weights_spec",
+    "discard_download",
     "ensure_cached",
     "export",
     "fetch_source",
+    "fetch_upstream",
     "file_classes",
     "get_weights_spec",
     "infer_variant",
@@ -76,4 +94,5 @@ __all__ = [
     "normalize_tag",
     "resolve_key",
     "timm_mapping",
+    "upstreams",
 ]

@@ -1,12 +1,17 @@
 """Fetch a registered weight set once, convert it, keep it cached with a sha256 sidecar.
 
-The first use of a tag downloads the upstream file (``keras.utils.get_file`` into
-``$KERAS_HOME/models/keras_effv2/downloads``), converts it strictly into
-``<cache>/<converted name>`` (:func:`keras_effv2.weights.convert.convert`, written
-atomically) beside a ``.sha256`` sidecar, and deletes the download. Later uses verify the
-sha256; a corrupted entry is removed and fetched once more, then a clear error is raised.
-Processes loading the same tag at once share one entry: a lock file makes one of them
-convert while the others wait.
+The first use of a tag fetches the upstream file (:mod:`keras_effv2.weights.download`: the
+mirror, the Hugging Face Hub's own cache, or ``keras.utils.get_file`` into
+``$KERAS_HOME/models/keras_effv2/downloads``; checked against its sha256 or the hash prefix in
+its name), converts it strictly and tensor by tensor into ``<cache>/<converted name>``
+(:func:`keras_effv2.weights.convert.convert`, written atomically) beside a ``.sha256``
+sidecar, and deletes its own download (a Hub cache file stays, for timm and others). The
+hosts of a weight set are tried in order (:func:`keras_effv2.weights.registry.upstreams`;
+``KERAS_EFFV2_WEIGHTS_UPSTREAM=github`` prefers timm's GitHub release files); a host that
+cannot be reached falls back to the next, a hash mismatch stops at once. Later uses verify
+the sidecar's sha256; a corrupted entry is removed and fetched once more, then a clear error
+is raised. Processes loading the same tag at once share one entry: a lock file makes one of
+them convert while the others wait.
 
 ``KERAS_EFFV2_WEIGHTS_MIRROR`` (a folder or URL prefix) replaces the upstream host: a file
 ``https://host/a/b/c`` is looked up at ``<mirror>/a/b/c``.
@@ -20,20 +25,29 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import urllib.parse
-from pathlib import Path
 
 from keras_effv2.weights.convert import convert
+from keras_effv2.weights.download import (
+    MIRROR_ENV,
+    Download,
+    HashMismatchError,
+    fetch,
+    file_name,
+    mirror_origin,
+    sha256_file,
+)
 from keras_effv2.weights.errors import CheckpointError, PortingError, WeightsDownloadError
 from keras_effv2.weights.lock import file_lock
-from keras_effv2.weights.registry import WeightsSpec
+from keras_effv2.weights.registry import WeightsSpec, upstreams
 
-MIRROR_ENV = "KERAS_EFFV2_WEIGHTS_MIRROR"
 CACHE_SUBDIR = os.path.join("models", "keras_effv2")
 logger = logging.getLogger("keras_effv2")
+source_origin = mirror_origin  # the name earlier releases exported
+__all__ = ["MIRROR_ENV", "HashMismatchError", "cache_dir", "cached_path", "discard_download",
+           "ensure_cached", "fetch_source", "fetch_upstream", "is_verified", "remove_paths",
+           "sha256_file", "source_origin"]
 
 
 def cache_dir() -> str:
@@ -47,26 +61,6 @@ def cached_path(spec: WeightsSpec) -> str:
     return os.path.join(cache_dir(), spec.converted_name)
 
 
-def source_origin(url: str) -> str:
-    """Where to download ``url`` from, honouring ``KERAS_EFFV2_WEIGHTS_MIRROR``."""
-    mirror = os.environ.get(MIRROR_ENV)
-    if not mirror:
-        return url
-    path = urllib.parse.urlsplit(url).path.lstrip("/")
-    if "://" in mirror:
-        return mirror.rstrip("/") + "/" + path
-    return Path(os.path.abspath(os.path.join(os.path.expanduser(mirror), path))).as_uri()
-
-
-def sha256_file(path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def remove_paths(*paths) -> None:
     """Delete files that exist; missing ones are fine."""
     for p in paths:
@@ -74,28 +68,46 @@ def remove_paths(*paths) -> None:
             os.remove(p)
 
 
+def downloads_dir() -> str:
+    """Where ``keras.utils.get_file`` downloads go (deleted after conversion)."""
+    return os.path.join(cache_dir(), "downloads")
+
+
+def fetch_upstream(spec: WeightsSpec) -> tuple[Download, str]:
+    """Fetch ``spec``'s upstream file from the first host that serves it: ``(download, the
+    format it is in)``. A hash mismatch is raised at once; an unreachable host falls back to
+    the next (:func:`keras_effv2.weights.registry.upstreams`)."""
+    failures = []
+    for upstream in upstreams(spec):
+        ext = "tgz" if upstream.source_format == "automl-tgz" else file_name(upstream.url).rsplit(
+            ".", 1)[-1]
+        try:
+            download = fetch(upstream.url, f"{spec.key}.{os.getpid()}.{ext}", downloads_dir(),
+                             upstream.sha256)
+        except HashMismatchError:
+            raise
+        except WeightsDownloadError as e:
+            failures.append(e)
+            logger.warning("keras_effv2: %s: %s", spec.key, e)
+            continue
+        return download, upstream.source_format
+    if len(failures) == 1:
+        raise failures[0]
+    raise WeightsDownloadError(f"Weights {spec.key!r}: no host could be reached:\n  "
+                               + "\n  ".join(str(e) for e in failures)) from failures[-1]
+
+
 def fetch_source(spec: WeightsSpec) -> str:
-    """Download the upstream file of ``spec`` (mirror honoured); returns its local path.
+    """The local path of ``spec``'s upstream file (mirror honoured, hash checked). Give it
+    back with :func:`discard_download` (which keeps files in the Hub's cache)."""
+    return fetch_upstream(spec)[0].path
 
-    The file is named per process (``<key>.<pid>.<ext>``); the caller deletes it.
-    """
-    import keras
 
-    ext = spec.file_extension
-    origin = source_origin(spec.url)
-    os.makedirs(os.path.join(cache_dir(), "downloads"), exist_ok=True)  # else Keras uses /tmp
-    try:  # Keras writes straight to the target: one name per process, never shared
-        return keras.utils.get_file(
-            fname=f"{spec.key}.{os.getpid()}.{ext}", origin=origin, file_hash=spec.sha256,
-            cache_dir=os.path.dirname(os.path.dirname(cache_dir())),
-            cache_subdir=os.path.join(CACHE_SUBDIR, "downloads"),
-        )
-    except Exception as e:
-        raise WeightsDownloadError(
-            f"Could not fetch weights {spec.key!r} from {origin} ({type(e).__name__}: {e}). "
-            f"For offline use, set {MIRROR_ENV} to a folder holding the file at "
-            f"'{urllib.parse.urlsplit(spec.url).path.lstrip('/')}'."
-        ) from e
+def discard_download(path) -> None:
+    """Delete ``path`` if it is one of our downloads; files elsewhere (the Hub's cache) stay."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.dirname(path) == os.path.abspath(downloads_dir()):
+        remove_paths(path)
 
 
 def _write_sidecar(path: str) -> None:
@@ -115,18 +127,22 @@ def is_verified(path: str) -> bool:
     return os.path.isfile(path) and sha256_file(path) == expected
 
 
-def ensure_cached(spec: WeightsSpec) -> tuple[str, bool]:
+def ensure_cached(spec: WeightsSpec, layout=None) -> tuple[str, bool]:
     """``(path, converted_now)``: the verified converted file of ``spec``, fetched and
-    converted first if needed. Safe to call from several processes at once."""
+    converted first if needed. Safe to call from several processes at once.
+
+    ``layout``: a built keras_effv2 model of ``spec``'s variant (any head) whose layer
+    structure tells where each weight goes in the file; without it conversion builds one.
+    """
     os.makedirs(cache_dir(), exist_ok=True)
     output = cached_path(spec)
     if is_verified(output):
         return output, False
     with file_lock(os.path.join(cache_dir(), f".{spec.converted_name}.lock")):
-        return fetch_and_convert(spec, output)
+        return fetch_and_convert(spec, output, layout)
 
 
-def fetch_and_convert(spec: WeightsSpec, output: str) -> tuple[str, bool]:
+def fetch_and_convert(spec: WeightsSpec, output: str, layout=None) -> tuple[str, bool]:
     """Under the lock: reuse a verified ``output``, else fetch, convert and write the sidecar
     (one retry after a failure or a corrupted entry; nothing is left behind on failure)."""
     last_error = None
@@ -139,19 +155,21 @@ def fetch_and_convert(spec: WeightsSpec, output: str) -> tuple[str, bool]:
             remove_paths(output, output + ".sha256")
             if attempt:
                 break
-        source = None
+        download = None
         try:
-            source = fetch_source(spec)
-            convert(spec.variant, spec.source, source, output)
+            download, _ = fetch_upstream(spec)
+            convert(spec.variant, spec.source, download.path, output, layout=layout)
             _write_sidecar(output)
             return output, True
+        except HashMismatchError:
+            raise
         except (CheckpointError, PortingError, WeightsDownloadError) as e:
             last_error = e
             logger.warning("keras_effv2: fetching %s failed (attempt %d): %s",
                            spec.key, attempt + 1, e)
         finally:
-            if source is not None:
-                remove_paths(source)
+            if download is not None and download.owned:
+                remove_paths(download.path)
         remove_paths(output, output + ".sha256")
     raise WeightsDownloadError(
         f"Weights {spec.key!r} ({spec.url}) could not be fetched and verified after a retry; "

@@ -25,6 +25,7 @@ import re
 from keras_effv2.weights.errors import CheckpointError
 from keras_effv2.weights.porting.assign import iter_weight_keys
 
+HEAD_LAYER = "predictions"  # our classifier's layer name
 # The classifier is our models' only Dense layer, so Keras files it under ``layers/dense``.
 CLASSIFIER_PATHS = ("layers/dense/vars/0", "layers/dense/vars/1")
 STEM_KERNEL = "layers/conv2d/vars/0"

@@ -20,30 +20,17 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 
 import numpy as np
 
-from keras_effv2.configs import VARIANTS
 from keras_effv2.weights import cache, keras_h5
 from keras_effv2.weights.errors import PortingError
 from keras_effv2.weights.memory import release_freed_memory, release_interval
-from keras_effv2.weights.porting.assign import listing, model_weight_keys
+from keras_effv2.weights.porting.assign import infer_variant, listing, model_weight_keys
 from keras_effv2.weights.registry import TAG_NAMES, get_weights_spec, is_weights_tag
 
 logger = logging.getLogger("keras_effv2")
-HEAD_LAYER = "predictions"
-_BLOCK_NAME = re.compile(r"s\d+_b\d+")
-
-
-def infer_variant(model) -> str:
-    """The variant of a keras_effv2 model, from its number of blocks (unique per variant)."""
-    blocks = sum(1 for layer in model.layers if _BLOCK_NAME.fullmatch(layer.name))
-    found = [v for v, s in VARIANTS.items() if s.num_blocks == blocks]
-    if len(found) != 1:
-        raise ValueError(f"Cannot tell the EfficientNetV2 variant of model {model.name!r} "
-                         f"({blocks} blocks named s<stage>_b<index>); pass variant=.")
-    return found[0]
+HEAD_LAYER = keras_h5.HEAD_LAYER
 
 
 def weights_path(weights) -> str:
@@ -67,7 +54,7 @@ def load(model, weights, *, variant=None) -> None:
     """
     if is_weights_tag(weights):
         spec = get_weights_spec(variant or infer_variant(model), weights)
-        path, _ = cache.ensure_cached(spec)
+        path, _ = cache.ensure_cached(spec, layout=model)
         load_file(model, path, what=f"weights {spec.key!r}")
     else:
         load_file(model, weights_path(weights))

@@ -8,7 +8,10 @@ B0-B2 ``in21k`` and ``in21k_ft_in1k`` exist only as google/automl TF checkpoints
 (docs/architecture.md §3.4). The seed model card's 15 mmpretrain checkpoints are weight sets too
 (tags ``3rdparty_in1k``, ``in21k-pre_3rdparty_in1k``, ``3rdparty_in21k``; each also answers to
 its model-zoo name, e.g. ``"efficientnetv2-s_3rdparty_in1k"``), with mmpretrain's eval
-pipeline as their preprocessing (:mod:`keras_effv2.weights.mmpretrain_zoo`).
+pipeline as their preprocessing (:mod:`keras_effv2.weights.mmpretrain_zoo`). timm's GitHub
+release ``.pth`` files (the same tensors, named ``tf_efficientnetv2_<v>[_<tag>]-<sha256
+prefix>.pth``) are alternative upstreams of the timm sets: ``KERAS_EFFV2_WEIGHTS_UPSTREAM=github``
+tries them first, and either host is tried when the other cannot be reached (:func:`upstreams`).
 
 Example:
     >>> from keras_effv2.weights import get_weights_spec
@@ -20,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from keras_effv2.configs import get_variant
 from keras_effv2.preprocessing import AUTOML_128, IMAGENET, INCEPTION, PreprocessingSpec
@@ -33,11 +37,43 @@ AUTOML_FILES = {"in1k": "efficientnetv2-{v}", "in21k": "efficientnetv2-{v}-21k",
 TAG_ALIASES = {"imagenet": "in1k", "imagenet21k": "in21k", "imagenet21k-ft1k": "in21k_ft_in1k"}
 TAG_NAMES = ", ".join([*TAG_ALIASES, *TAG_ALIASES.values()]) + (  # for error messages
     ", or an mmpretrain model-zoo name efficientnetv2-<v>_{" + ",".join(MMPRETRAIN_TAGS) + "}")
+# timm's GitHub release files (timm 1.0 efficientnet.py default_cfgs ``url=``): tag -> file
+# name pattern and, per variant, the sha256 prefix in the released file's name.
+TIMM_GITHUB_URL = ("https://github.com/rwightman/pytorch-image-models/releases/download/"
+                   "v0.1-effv2-weights/{file}")
+TIMM_GITHUB_FILES = {
+    "b0.in1k": "tf_efficientnetv2_b0-c7cc451f.pth",
+    "b1.in1k": "tf_efficientnetv2_b1-be6e41b0.pth",
+    "b2.in1k": "tf_efficientnetv2_b2-847de54e.pth",
+    "b3.in1k": "tf_efficientnetv2_b3-57773f13.pth",
+    "s.in1k": "tf_efficientnetv2_s-eb54923e.pth",
+    "m.in1k": "tf_efficientnetv2_m-cc09e0cd.pth",
+    "l.in1k": "tf_efficientnetv2_l-d664b728.pth",
+    "s.in21k": "tf_efficientnetv2_s_21k-6337ad01.pth",
+    "m.in21k": "tf_efficientnetv2_m_21k-361418a2.pth",
+    "l.in21k": "tf_efficientnetv2_l_21k-91a19ec9.pth",
+    "xl.in21k": "tf_efficientnetv2_xl_in21k-fd7e8abf.pth",
+    "s.in21k_ft_in1k": "tf_efficientnetv2_s_21ft1k-d7dafa41.pth",
+    "m.in21k_ft_in1k": "tf_efficientnetv2_m_21ft1k-bf41664a.pth",
+    "l.in21k_ft_in1k": "tf_efficientnetv2_l_21ft1k-60127a9d.pth",
+    "xl.in21k_ft_in1k": "tf_efficientnetv2_xl_in21ft1k-06c35c48.pth",
+}
 # Upstream file format -> the converter source that reads it (keras_effv2.weights.convert).
-FORMAT_SOURCES = {"timm-safetensors": "timm", "automl-tgz": "automl",
+FORMAT_SOURCES = {"timm-safetensors": "timm", "timm-pth": "timm", "automl-tgz": "automl",
                   "mmpretrain-pth": "mmpretrain"}
-FORMAT_EXTENSIONS = {"timm-safetensors": "safetensors", "automl-tgz": "tgz",
-                     "mmpretrain-pth": "pth"}
+UPSTREAM_ENV = "KERAS_EFFV2_WEIGHTS_UPSTREAM"
+
+
+@dataclasses.dataclass(frozen=True)
+class Upstream:
+    """One host's file of a weight set: ``name`` (``"huggingface"``, ``"github"``,
+    ``"automl"``...), URL, format and full sha256 when recorded (else the hash prefix in
+    the file name, if any, is checked)."""
+
+    name: str
+    url: str
+    source_format: str
+    sha256: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +102,8 @@ class WeightsSpec:
     sha256: str | None = None
     license: str = "Apache-2.0"
     top5: float | None = None
+    alternatives: tuple[Upstream, ...] = ()
+    upstream_name: str = "huggingface"
 
     @property
     def key(self) -> str:
@@ -85,9 +123,8 @@ class WeightsSpec:
         return FORMAT_SOURCES[self.source_format]
 
     @property
-    def file_extension(self) -> str:
-        """Extension of the upstream file (``safetensors``, ``tgz``, ``pth``)."""
-        return FORMAT_EXTENSIONS[self.source_format]
+    def primary(self) -> Upstream:
+        return Upstream(self.upstream_name, self.url, self.source_format, self.sha256)
 
     @property
     def converted_name(self) -> str:
@@ -115,13 +152,16 @@ def _timm_pp(base, v, tag, crop_pct, crop_mode="center") -> PreprocessingSpec:
 
 
 def _timm(v, tag, classes, pp, sizes, top1=None, top1_timm=None) -> WeightsSpec:
+    github = TIMM_GITHUB_FILES.get(f"{v}.{tag}")
+    alternatives = (Upstream("github", TIMM_GITHUB_URL.format(file=github), "timm-pth"),
+                    ) if github else ()
     return WeightsSpec(v, tag, TIMM_URL.format(v=v, tag=tag), "timm-safetensors", classes, pp,
-                       *sizes, top1=top1, top1_timm=top1_timm)
+                       *sizes, top1=top1, top1_timm=top1_timm, alternatives=alternatives)
 
 
 def _automl(v, tag, classes, pp, sizes) -> WeightsSpec:
     url = AUTOML_URL.format(file=AUTOML_FILES[tag].format(v=v))
-    return WeightsSpec(v, tag, url, "automl-tgz", classes, pp, *sizes)
+    return WeightsSpec(v, tag, url, "automl-tgz", classes, pp, *sizes, upstream_name="automl")
 
 
 _K21 = 21843
@@ -174,7 +214,7 @@ _ENTRIES = (
 # --- the seed model card's mmpretrain checkpoints (keras_effv2.weights.mmpretrain_zoo) ------
 _MMPRETRAIN_ENTRIES = tuple(
     WeightsSpec(e.variant, e.tag, e.url, "mmpretrain-pth", e.num_classes, e.preprocessing,
-                e.train_size, e.eval_size, top1=e.top1, top5=e.top5)
+                e.train_size, e.eval_size, top1=e.top1, top5=e.top5, upstream_name="openmmlab")
     for e in MMPRETRAIN_ZOO.values())
 WEIGHTS: dict[str, WeightsSpec] = {w.key: w for w in (*_ENTRIES, *_MMPRETRAIN_ENTRIES)}
 
@@ -230,6 +270,25 @@ def default_weights_spec(variant) -> WeightsSpec:
     """
     v = get_variant(variant).name
     return WEIGHTS.get(f"{v}.in1k") or WEIGHTS[f"{v}.in21k_ft_in1k"]
+
+
+def upstreams(spec: WeightsSpec) -> list[Upstream]:
+    """The hosts to try for ``spec``, in order: the registry's primary first, unless
+    ``KERAS_EFFV2_WEIGHTS_UPSTREAM`` names another of its upstreams (e.g. ``github``).
+
+    Example:
+        >>> [u.name for u in upstreams(WEIGHTS["s.in1k"])]  # with the variable unset
+        ['huggingface', 'github']
+    """
+    every = [spec.primary, *spec.alternatives]
+    wanted = os.environ.get(UPSTREAM_ENV, "").strip().lower()
+    if not wanted:
+        return every
+    names = sorted({u.name for w in WEIGHTS.values() for u in (w.primary, *w.alternatives)})
+    if wanted not in names:
+        raise ValueError(f"{UPSTREAM_ENV}={wanted!r}: expected one of {', '.join(names)} "
+                         "(or unset for each weight set's primary host).")
+    return sorted(every, key=lambda u: u.name != wanted)
 
 
 def list_weights(variant=None) -> list[dict]:

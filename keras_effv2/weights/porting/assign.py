@@ -14,14 +14,27 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from keras_effv2.configs import VARIANTS
 from keras_effv2.weights.errors import PortingError
 from keras_effv2.weights.porting.key_maps import TensorMapping
 
 _MAX_LISTED = 20
+_BLOCK_NAME = re.compile(r"s\d+_b\d+")
+
+
+def infer_variant(model) -> str:
+    """The variant of a keras_effv2 model, from its number of blocks (unique per variant)."""
+    blocks = sum(1 for layer in model.layers if _BLOCK_NAME.fullmatch(layer.name))
+    found = [v for v, s in VARIANTS.items() if s.num_blocks == blocks]
+    if len(found) != 1:
+        raise ValueError(f"Cannot tell the EfficientNetV2 variant of model {model.name!r} "
+                         f"({blocks} blocks named s<stage>_b<index>); pass variant=.")
+    return found[0]
 
 
 def iter_weight_keys(model):

@@ -35,6 +35,7 @@ import numpy as np
 from keras_effv2.configs import get_variant, resolve_blocks
 from keras_effv2.weights.errors import CheckpointError
 from keras_effv2.weights.porting.key_maps import TensorMapping, timm_mapping
+from keras_effv2.weights.porting.readers import TensorReader
 
 # timm module -> mmpretrain module, per timm block type (ConvBnAct / EdgeResidual /
 # InvertedResidual) and for the stem, head and classifier. ``{last}`` is the backbone's last
@@ -219,6 +220,26 @@ def iter_mmpretrain_tensors(path) -> Iterator[tuple[str, np.ndarray]]:
         if str(tensor.dtype) == "torch.bfloat16":
             tensor = tensor.float()
         yield name, tensor.numpy()
+
+
+class MmpretrainReader(TensorReader):
+    """An mmpretrain checkpoint as a :class:`TensorReader`: names and shapes up front, one
+    tensor read (and widened from bfloat16) at a time, as the streaming conversion needs.
+    Opened like :func:`iter_mmpretrain_tensors` (weights-only or restricted unpickling)."""
+
+    def __init__(self, path):
+        path = os.fspath(path)
+        self._state = _state_dict(_torch_load(path), path)
+        super().__init__(path, {k: tuple(v.shape) for k, v in self._state.items()})
+
+    def _read(self, name: str) -> np.ndarray:
+        tensor = self._state[name].detach()
+        if str(tensor.dtype) == "torch.bfloat16":
+            tensor = tensor.float()
+        return tensor.numpy().copy()
+
+    def close(self) -> None:
+        self._state = {}
 
 
 def read_mmpretrain_checkpoint(path) -> dict[str, np.ndarray]:
