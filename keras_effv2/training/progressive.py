@@ -38,6 +38,7 @@ import keras
 
 from keras_effv2.keras_graph import set_resume_epoch
 from keras_effv2.training.backup import TrainingBackup, read_backup
+from keras_effv2.training.fast_step import StepThroughput, training_view
 from keras_effv2.training.schedule import ProgressiveSchedule, StageSettings
 
 DROPOUT_LAYER = "head_dropout"
@@ -101,6 +102,8 @@ class ProgressiveResult:
     history: dict = dataclasses.field(default_factory=dict)
     stages: list = dataclasses.field(default_factory=list)
     train_function_builds: int = 0
+    fast_path: bool = False
+    trained_by: str = ""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -125,6 +128,7 @@ def progressive_fit(
     verbose="auto",
     dropout_layer: str = DROPOUT_LAYER,
     on_stage_begin: Callable[[StageSettings, dict], None] | None = None,
+    fast_path: bool = True,
 ) -> ProgressiveResult:
     """Train a compiled ``model`` stage by stage (see the module doc).
 
@@ -141,6 +145,10 @@ def progressive_fit(
             mid-epoch backup repeats that epoch from its start, as Keras does).
         dropout_layer: the layer whose rate the schedule sets.
         on_stage_begin: called with ``(stage, record)`` before each stage's ``fit``.
+        fast_path: fit through ``keras_effv2.fast.optimize_for_training(model)`` on torch and
+            JAX (:func:`~keras_effv2.training.fast_step.training_view`; ``model`` is trained,
+            its optimizer holds the state); ``False`` fits ``model`` itself. Each stage record
+            gets ``images_per_second`` (steady state, first step excluded).
     """
     if model.optimizer is None:
         raise ValueError("compile the model before progressive_fit.")
@@ -151,8 +159,12 @@ def progressive_fit(
                          f"ints; got {epochs!r}.")
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1; got {steps_per_epoch}.")
-    backup = None if backup_dir is None else TrainingBackup(backup_dir, save_freq=backup_freq)
-    result = ProgressiveResult()
+    plain = model
+    model, path = training_view(plain, fast_path)  # the model every stage fits
+    backup = None if backup_dir is None else TrainingBackup(backup_dir, save_freq=backup_freq,
+                                                            state_model=plain)
+    throughput = StepThroughput()
+    result = ProgressiveResult(fast_path=path.fast, trained_by=path.describe())
     start = 0
     for stage, n_epochs in zip(stages, per_stage, strict=True):
         end = start + n_epochs
@@ -168,7 +180,7 @@ def progressive_fit(
         record["skipped_by_resume"] = bool(resumed_past)
         if on_stage_begin is not None:
             on_stage_begin(stage, record)
-        cbs = [StageLogger(stage, dropout_layer), *callbacks]
+        cbs = [throughput, StageLogger(stage, dropout_layer), *callbacks]
         if backup is not None:
             cbs.insert(0, backup)
         train = train_fn(stage)
@@ -178,9 +190,12 @@ def progressive_fit(
             record["resumed_at_epoch"] = resume_epoch
             record["skipped_batches"] = (resume_epoch - start) * steps_per_epoch
             train = train.skip(record["skipped_batches"])
+        throughput.batch_size = record["batch_shape"][0] if record["batch_shape"] else None
         set_resume_epoch(model, None)  # set only by the backup when it restores
         history = model.fit(
-            train, epochs=end, initial_epoch=start, steps_per_epoch=steps_per_epoch,
+            # Where a backup resumes (its restore sets the same through the private hook).
+            train, epochs=end, initial_epoch=min(max(start, resume_epoch), end),
+            steps_per_epoch=steps_per_epoch,
             validation_data=validation_fn(stage) if validation_fn is not None else None,
             callbacks=cbs, verbose=verbose, shuffle=False,
         )
@@ -188,6 +203,7 @@ def progressive_fit(
         for key, values in history.history.items():
             result.history.setdefault(key, []).extend(values)
         result.history.setdefault("epoch", []).extend(e + 1 for e in history.epoch)
+        record["images_per_second"] = throughput.per_fit[-1]
         record["observed_dropout_rate"] = (
             float(model.get_layer(dropout_layer).rate)
             if dropout_layer in {layer.name for layer in model.layers} else None)
