@@ -7,10 +7,15 @@ two progressive stages (32 -> 40 px, dropout 0.1 -> 0.3: the second stage change
 size and rebuilds the step), EMA on, 2 steps per stage, SGD with Nesterov momentum
 (smooth in the gradient; Adam's first steps amplify float noise, see test_fast_training.py).
 Every variable of the two trained models (weights, BN statistics, seed-generator states) must
-be equal within the parity tolerances of test_fast_training.py (rtol 1e-4, atol 1e-5), and the
-evaluation numbers recorded in ``result.json`` equal. TensorFlow: the model itself is the fast
-path, checked in one line. Torch and JAX legs (on JAX the tiny model's two stages compile
-twice per path).
+be equal within the parity tolerances of test_fast_training.py (rtol 1e-4, atol 1e-5), the
+atol taken relative to the array's largest magnitude where that exceeds 1 (the stem's BN
+statistics see raw-pixel-scale activations, ~100, where float32 rounding alone is ~1e-5 of
+that), and the evaluation numbers recorded in ``result.json`` equal. Measured: worst
+normalised difference 0.064 (torch); with the fast step's BN moving-variance rule broken
+(unbiased instead of biased variance) 73.8. TensorFlow: the model itself is the fast path,
+checked in one line. The parity test runs on the torch and JAX legs (on JAX the two stages
+compile once each per path); the saved ``model.keras`` loading without ``keras_effv2.fast``
+on the torch leg.
 """
 
 from __future__ import annotations
@@ -68,9 +73,14 @@ def test_two_stage_recipe_fast_equals_plain(tmp_path):
     assert type(fm) is type(pm) and "Fast" not in type(fm).__name__ and fm.name == pm.name
     assert len(fm.variables) == len(pm.variables)
     moved = 0
+    worst = {}  # |fast - plain| / (rtol |plain| + atol * scale), must stay <= 1
     for v, f, p in zip(pm.variables, fm.variables, pm.variables, strict=True):
-        f, p = to_numpy(f), to_numpy(p)
-        np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5, err_msg=v.path)
+        f, p = to_numpy(f).astype("float64"), to_numpy(p).astype("float64")
+        scale = max(1.0, np.abs(p).max()) if p.size else 1.0
+        worst[v.path] = float(np.max(np.abs(f - p) / (1e-4 * np.abs(p) + 1e-5 * scale),
+                                     initial=0.0))
+    print("worst normalised difference:", max(worst.values()), max(worst, key=worst.get))
+    assert max(worst.values()) <= 1.0, sorted(worst.items(), key=lambda kv: -kv[1])[:5]
     keras.utils.set_random_seed(0)  # run_recipe's seed: the runs' initial weights
     init = _tiny(10)
     for v, f in zip(init.weights, fm.weights, strict=True):
@@ -88,6 +98,8 @@ def test_two_stage_recipe_fast_equals_plain(tmp_path):
     assert saved["fast_path"] is True and saved["stages"][1]["images_per_second"] > 0
 
 
+@pytest.mark.skipif(BACKEND == "jax", reason="backend-independent bookkeeping; JAX compiles "
+                    "are slow here (torch and TensorFlow legs run it)")
 def test_tensorflow_or_one_step_stages_record_the_path(tmp_path):
     """On TensorFlow the fast path is the model itself; a stage of one step has no
     steady-state throughput (its only step compiles): ``images_per_second`` is null."""
@@ -115,7 +127,8 @@ print(type(model).__name__, model.name)
 """
 
 
-@pytest.mark.skipif(BACKEND == "tensorflow", reason="TensorFlow trains the model itself")
+@pytest.mark.skipif(BACKEND != "torch", reason="torch leg: saving is backend-independent and "
+                    "JAX compiles are slow here; TensorFlow trains the model itself")
 def test_saved_model_is_plain_and_loads_without_the_fast_package(tmp_path):
     run = _run(tmp_path, "saved", True, steps_per_epoch=1)
     assert run["fast_path"] is True
