@@ -124,7 +124,9 @@ def test_predictor_falls_back_to_predict_on_batch_without_graph_freezing(monkeyp
     model = keras_effv2.EfficientNetV2B0(weights=None, input_shape=(32, 32, 3), classes=10)
     x = random_images(3, 32, seed=3)
     frozen = make_predictor(model)(x)  # the frozen graph, available here
-    monkeypatch.setitem(sys.modules, "tensorflow.python.framework.convert_to_constants", None)
+    # A TensorFlow release that moved the private freezer.
+    monkeypatch.setattr(_tensorflow, "FREEZER", ("tensorflow.python.framework.moved_in_tf_x",
+                                                 "convert_variables_to_constants_v2"))
     _tensorflow._freezer.cache_clear()
     try:
         assert not _tensorflow.freezing_available()

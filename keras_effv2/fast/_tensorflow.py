@@ -19,19 +19,24 @@ Example:
 from __future__ import annotations
 
 import functools
+import importlib
 
 import numpy as np
 import tensorflow as tf
+
+# Private TensorFlow: (module, function) of the graph freezer.
+FREEZER = ("tensorflow.python.framework.convert_to_constants",
+           "convert_variables_to_constants_v2")
 
 
 @functools.cache
 def _freezer():
     """TensorFlow's private graph freezer, or ``None`` when this TensorFlow lacks it."""
+    module, name = FREEZER
     try:
-        from tensorflow.python.framework import convert_to_constants
+        return getattr(importlib.import_module(module), name, None)
     except ImportError:
         return None
-    return getattr(convert_to_constants, "convert_variables_to_constants_v2", None)
 
 
 def freezing_available() -> bool:
