@@ -29,15 +29,21 @@ import keras
 import numpy as np
 import pytest
 from helpers import random_images, to_numpy
-from test_fast_training import _pair, _step, _tiny, _values
+from test_fast_recipe import TINY
+from test_fast_training import _pair, _step, _values
 
 import keras_effv2
 from keras_effv2 import keras_graph
 from keras_effv2.compat import KERAS_RANGE, check_keras, spec
 from keras_effv2.fast import make_predictor, optimize_for_inference, optimize_for_training
+from keras_effv2.model import build_efficientnetv2
 
 BACKEND = keras.backend.backend()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny(weights=None, **kwargs):
+    return build_efficientnetv2(TINY, **kwargs)
 
 
 # ---- fast/_torch_optim.py ----------------------------------------------------------------
@@ -144,7 +150,8 @@ def test_predictor_falls_back_to_predict_on_batch_without_graph_freezing(monkeyp
 # ---- keras_graph.py ----------------------------------------------------------------------
 
 def test_graph_helpers_take_public_paths_with_the_same_answers(monkeypatch):
-    model = keras_effv2.EfficientNetV2B0(weights=None, input_shape=(32, 32, 3), classes=10)
+    # Every block kind, one each: JAX jit-compiles the predictor (B0 took 150 s there).
+    model = _tiny(input_shape=(32, 32, 3), classes=10)
     keras_graph.graph_internals.cache_clear()
     assert keras_graph.graph_internals()
     nested = {id(x) for x in keras_graph.nested_layers(model)}

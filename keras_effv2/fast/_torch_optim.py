@@ -119,6 +119,8 @@ def _follow_layout(slot, weight: torch.Tensor) -> torch.Tensor:
 def fused_update_step(optimizer, grads, variables, learning_rate) -> bool:
     """Apply one Keras Adam update to ``variables`` in a fused pass; False (nothing done)
     when some weight does not qualify, in which case Keras' own update must run."""
+    if not all(hasattr(optimizer, m) for m in _SLOT_MEMBERS):  # built by the first step
+        return False
     index = [optimizer._get_variable_index(v) for v in variables]
     weights = [v.value for v in variables]
     slots = [optimizer._momentums, optimizer._velocities]
@@ -146,8 +148,7 @@ def fused_adam(optimizer):
     """Within the block, ``optimizer`` (a Keras ``Adam``/``AdamW``, or a ``LossScaleOptimizer``
     around one) updates through :func:`fused_update_step`; any other optimizer is untouched."""
     target = getattr(optimizer, "inner_optimizer", optimizer)
-    if type(target) not in fused_adam_support() or not all(
-            hasattr(target, m) for m in _SLOT_MEMBERS):
+    if type(target) not in fused_adam_support():
         yield
         return
     keras_step = target._parallel_update_step

@@ -6,7 +6,9 @@
 ``model.optimizer`` holds the state; on TensorFlow ``model`` itself is the fast path. ``path``
 says which step trains (``result.json``'s ``"fast_path"``, the line the recipes print).
 ``fast_path=False`` fits the plain ``model``. A model ``optimize_for_training`` does not take
-(a non-chain graph on torch) trains plain, and ``path.reason`` says why.
+(a non-chain graph on torch), or one compiled with settings Keras cannot serialize (the compile
+settings are copied through ``get_compile_config``: a custom metric function that is not
+registered), trains plain, and ``path.reason`` says why.
 
 ``StepThroughput`` measures each ``fit``'s steady-state images per second: the first step of
 every ``fit`` (which traces/compiles) is excluded, as is the time between epochs (backups,
@@ -67,7 +69,14 @@ def training_view(model: keras.Model, fast_path: bool = True) -> tuple[keras.Mod
         fit_model = optimize_for_training(model)
     except (ValueError, TypeError) as e:  # a graph the fast step does not lower
         return model, TrainingPath(False, backend, f"optimize_for_training refused it: {e}")
-    _compile_like(fit_model, model)
+    if fit_model is model:  # optimize_for_training's own fallback (it warned why)
+        return model, TrainingPath(False, backend, "optimize_for_training returned the model")
+    try:
+        _compile_like(fit_model, model)
+    except (TypeError, ValueError) as e:  # e.g. a metric Keras cannot serialize
+        return model, TrainingPath(False, backend, f"its compile settings could not be "
+                                   f"copied to the fast model ({type(e).__name__}: "
+                                   f"{str(e).splitlines()[0]})")
     return fit_model, TrainingPath(True, backend)
 
 
