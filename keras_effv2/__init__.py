@@ -5,6 +5,8 @@ Example:
     >>> model = keras_effv2.EfficientNetV2B0(weights=None)
 """
 
+# First: an unsupported Keras fails here, naming the supported range (compat.check_keras).
+from keras_effv2 import compat as _compat  # noqa: F401
 from keras_effv2.applications import (
     EfficientNetV2,
     EfficientNetV2B0,

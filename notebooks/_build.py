@@ -434,6 +434,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import keras_effv2
+from keras_effv2.fast import optimize_for_training
 from keras_effv2.training import (
     ProgressiveSchedule,
     eval_dataset,
@@ -489,7 +490,10 @@ val_ds = eval_dataset(val_splits, EVAL_SIZE, BATCH)'''),
         "backbone and starts a fresh classifier; `freeze_backbone` leaves only the head "
         "trainable (in Keras 3 a frozen BatchNormalization also runs in inference mode). "
         "Images stay RGB in [0, 255]: the model normalises inside, with the statistics of "
-        "the weight set it loaded."),
+        "the weight set it loaded. Training goes through "
+        "`keras_effv2.fast.optimize_for_training(model)`: the same layers and variables "
+        "with a faster training step on torch and JAX (on TensorFlow it is the model "
+        "itself); training it trains `model`."),
     new_code_cell('''\
 model = keras_effv2.EfficientNetV2(VARIANT, weights="imagenet", classes=splits.num_classes)
 print("trainable:", freeze_backbone(model))
@@ -502,16 +506,20 @@ def snapshot(name, index=0):
 stem_before, stem_bn_mean = snapshot("stem_conv"), snapshot("stem_bn", 2)
 loss = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)
 metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
-model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-5), loss=loss,
-              metrics=metrics)
-head = model.fit(train_dataset(splits, stages[-1], BATCH), epochs=HEAD_EPOCHS,
-                 steps_per_epoch=STEPS, validation_data=val_ds, verbose=2)
+train_model = optimize_for_training(model)  # same variables, faster step on torch/JAX
+print("training through", type(train_model).__name__, "on", BACKEND)
+train_model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-5), loss=loss,
+                    metrics=metrics)
+head = train_model.fit(train_dataset(splits, stages[-1], BATCH), epochs=HEAD_EPOCHS,
+                       steps_per_epoch=STEPS, validation_data=val_ds, verbose=2)
 assert np.array_equal(stem_before, snapshot("stem_conv")), "the frozen backbone changed"'''),
     new_markdown_cell(
         "## Phase 2: unfreeze, then progressive learning\n\nEverything trains except "
         "BatchNorm, at a lower learning rate with cosine decay over all of phase 2. "
         "`progressive_fit` builds each stage's data (size, RandAugment, mixup), sets the "
-        "stage's dropout rate and rebuilds the train step once per stage."),
+        "stage's dropout rate and rebuilds the train step once per stage. It trains "
+        "through the fast training step by default (`fast_path=False` trains the plain "
+        "model) and reports which step trained and each stage's images per second."),
     new_code_cell('''\
 unfreeze(model)
 print(set_bn_trainable(model, False), "BatchNormalization layers stay frozen")
@@ -521,6 +529,8 @@ model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
 result = progressive_fit(model, lambda stage: train_dataset(splits, stage, BATCH), schedule,
                          epochs=EPOCHS, steps_per_epoch=STEPS,
                          validation_fn=lambda stage: val_ds, verbose=2)
+print("trained through", result.trained_by)
+print("images/s per stage:", [s["images_per_second"] for s in result.stages])
 assert not np.array_equal(stem_before, snapshot("stem_conv")), "phase 2 did not train"
 assert np.array_equal(stem_bn_mean, snapshot("stem_bn", 2)), "frozen BN statistics moved"
 history = {k: head.history[k] + result.history[k]

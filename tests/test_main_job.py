@@ -82,7 +82,11 @@ def test_main_job_prints_each_stage_and_the_result(main_job):
     assert summary == {"recipe": "digits", "dataset": "digits", "model": "b0",
                        "backend": "torch", "test_accuracy": result["test_accuracy"],
                        "paper_top1": None, "total_steps": 3,
-                       "train_seconds": result["train_seconds"]}
+                       "train_seconds": result["train_seconds"], "fast_path": True}
+    # torch trains through the fast step by default, and says so (issue 19).
+    assert "trained through the fast training step (keras_effv2.fast.optimize_for_training, " \
+           "torch)" in stdout
+    assert result["fast_path"] is True and result["stages"][0]["images_per_second"] is None
 
 
 def test_main_job_writes_the_stages_it_ran(main_job):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import keras
 
 from keras_effv2.fast.fuse import fold_conv_bn, fuse_batchnorm
+from keras_effv2.keras_graph import graph_internals
 
 # Inner layout per backend, chosen by measurement (bench/suite.py; docs/fast-paths.md):
 # Keras-on-torch transposes NHWC<->NCHW around every convolution, channels_first avoids it.
@@ -42,6 +43,14 @@ FAST_JIT_COMPILE = {"tensorflow": False, "jax": True, "torch": False}
 # 1.18x -> 1.24x keras.applications) at the price of ~7 graph copies of the weights in memory
 # (S first-call peak RSS 1219 -> 2571 MB). ``make_predictor(model, freeze=False)`` opts out.
 FAST_FREEZE_WEIGHTS = {"tensorflow": True}
+
+
+def _warn_no_graph_internals(consequence: str) -> None:
+    import warnings
+
+    warnings.warn(f"keras_effv2.fast: Keras {keras.__version__} lacks the private graph "
+                  f"attributes keras_graph.py reads; {consequence} (the public path).",
+                  RuntimeWarning, stacklevel=3)
 
 
 def _on_accelerator() -> bool:
@@ -96,6 +105,9 @@ def optimize_for_training(model: keras.Model) -> keras.Model:
         >>> model.save_weights("b0.weights.h5")  # doctest: +SKIP
     """
     backend = keras.backend.backend()
+    if backend == "jax" and not graph_internals():
+        _warn_no_graph_internals("optimize_for_training returns the model itself")
+        return model
     if backend == "torch":
         from keras_effv2.fast import _torch_train
 
@@ -112,18 +124,32 @@ def make_predictor(model: keras.Model, compile: bool = False, freeze: bool | Non
 
     ``compile=True`` on torch wraps the call in ``torch.compile`` (long first call).
     ``freeze`` (TensorFlow): bake the weights into the graph as constants (faster, more
-    memory; default ``FAST_FREEZE_WEIGHTS``); ``False`` runs ``predict_on_batch``.
+    memory; default ``FAST_FREEZE_WEIGHTS``, falling back to ``False`` with a warning where
+    this TensorFlow has no graph freezer, a private API); ``False`` runs ``predict_on_batch``.
     """
     backend = keras.backend.backend()
     if freeze is None:
         freeze = FAST_FREEZE_WEIGHTS.get(backend, False)
+        if freeze:
+            from keras_effv2.fast import _tensorflow
+
+            if not _tensorflow.freezing_available():
+                import warnings
+
+                warnings.warn("keras_effv2.fast.make_predictor: this TensorFlow has no graph "
+                              "freezer (private tensorflow.python API); predicting with "
+                              "freeze=False (same numbers, slower).", RuntimeWarning,
+                              stacklevel=2)
+                freeze = False
     if freeze and backend != "tensorflow":
         raise ValueError(f"freeze=True is implemented on the TensorFlow backend only; this is "
                          f"{backend!r}. Leave freeze=None.")
-    if backend == "torch":
+    if backend == "torch" and graph_internals():
         from keras_effv2.fast import _torch
 
         return _torch.predictor(model, compile=compile)
+    if backend == "torch":
+        _warn_no_graph_internals("make_predictor runs predict_on_batch")
     if freeze:  # XLA stays off (FAST_JIT_COMPILE)
         from keras_effv2.fast import _tensorflow
 

@@ -8,15 +8,40 @@ constants: S at 384, batch 8, 1.18x -> 1.24x keras.applications in the same benc
 off: it ran these convnets several times slower on CPU). The predictor snapshots the weights:
 build a new one after changing them.
 
+``convert_variables_to_constants_v2`` is private TensorFlow (``tensorflow.python``): one
+feature check, :func:`freezing_available`, and ``make_predictor`` falls back to its public
+path (``freeze=False``: the model's ``predict_on_batch``) when it is missing.
+
 Example:
     >>> from keras_effv2.fast._tensorflow import predictor  # KERAS_BACKEND=tensorflow only
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+# Private TensorFlow: (module, function) of the graph freezer.
+FREEZER = ("tensorflow.python.framework.convert_to_constants",
+           "convert_variables_to_constants_v2")
+
+
+@functools.cache
+def _freezer():
+    """TensorFlow's private graph freezer, or ``None`` when this TensorFlow lacks it."""
+    module, name = FREEZER
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
+
+
+def freezing_available() -> bool:
+    """Whether :func:`predictor` can freeze graphs here (the one feature check)."""
+    return callable(_freezer())
 
 
 def predictor(model):
@@ -26,7 +51,11 @@ def predictor(model):
                          f"{model.name!r} has {len(model.inputs)} and {len(model.outputs)}.")
     spec = tf.TensorSpec((None, *model.inputs[0].shape[1:]), model.inputs[0].dtype)
     traced = tf.function(lambda t: model(t, training=False)).get_concrete_function(spec)
-    frozen = convert_variables_to_constants_v2(traced)
+    if not freezing_available():
+        raise RuntimeError(f"TensorFlow {tf.__version__} has no graph freezer "
+                           "(tensorflow.python...convert_variables_to_constants_v2); use "
+                           "make_predictor(model, freeze=False).")
+    frozen = _freezer()(traced)
 
     def predict(x) -> np.ndarray:
         out = frozen(tf.convert_to_tensor(np.asarray(x), dtype=spec.dtype))

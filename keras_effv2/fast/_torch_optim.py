@@ -15,6 +15,13 @@ memory, so a weight is fused only when its gradient and slots have its exact str
 still in Keras' default layout is re-laid out like its weight, once); anything else (a subclass,
 a GPU tensor, mixed dtypes) takes Keras' own update.
 
+Private internals, behind one feature check (:func:`fused_adam_support`, run once): Keras'
+torch optimizer classes (``keras.src.backend.torch.optimizers``) with the private members read
+here (``_parallel_update_step``, ``_get_variable_index``, ``_momentums``, ``_velocities``), and
+``torch._fused_adam_`` called with these keywords on a one-element probe whose result must be
+Keras' formula. When any of it is missing or differs (another Keras or torch release), the
+block leaves the optimizer alone: Keras' own update runs (tested by simulating each).
+
 Example:
     >>> from keras_effv2.fast._torch_optim import fused_adam  # KERAS_BACKEND=torch only
     >>> with fused_adam(model.optimizer):  # doctest: +SKIP
@@ -24,15 +31,68 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
 import math
+import warnings
 
 import keras
 import torch
-from keras.src.backend.torch.optimizers import torch_adam, torch_adamw
 
-# Exact classes: a subclass may change the update.
-FUSED_CLASSES = (torch_adam.Adam, torch_adamw.AdamW)
 _FLOATS = (torch.float32, torch.float64)
+_KERAS_OPTIMIZERS = "keras.src.backend.torch.optimizers"  # private Keras
+_OPTIMIZER_MEMBERS = ("_parallel_update_step", "_get_variable_index")
+_SLOT_MEMBERS = ("_momentums", "_velocities")
+
+
+def _keras_classes() -> tuple:
+    """Keras' torch Adam/AdamW classes (exact: a subclass may change the update), or ``()``."""
+    try:
+        classes = tuple(getattr(importlib.import_module(f"{_KERAS_OPTIMIZERS}.{module}"), name)
+                        for module, name in (("torch_adam", "Adam"), ("torch_adamw", "AdamW")))
+    except (ImportError, AttributeError):
+        return ()
+    if not all(hasattr(c, m) for c in classes for m in _OPTIMIZER_MEMBERS):
+        return ()
+    return classes
+
+
+def _kernel_matches_keras() -> bool:
+    """``torch._fused_adam_`` exists, takes the keywords used here, and computes Keras'
+    update (with the epsilon conversion) on a one-element probe, step 1."""
+    kernel = getattr(torch, "_fused_adam_", None)
+    if kernel is None:
+        return False
+    w, g = torch.tensor([0.5]), torch.tensor([0.25])
+    m, v = torch.tensor([0.1]), torch.tensor([0.02])
+    lr, b1, b2, eps = 0.1, 0.9, 0.999, 1e-3
+    try:
+        kernel([w], [g], [m], [v], [], [torch.tensor(1.0)], lr=lr, beta1=b1, beta2=b2,
+               weight_decay=0.0, eps=eps / math.sqrt(1.0 - b2), amsgrad=False, maximize=False)
+    except (TypeError, RuntimeError):
+        return False
+    m_ref, v_ref = 0.9 * 0.1 + 0.1 * 0.25, 0.999 * 0.02 + 0.001 * 0.25 ** 2
+    alpha = lr * math.sqrt(1 - b2) / (1 - b1)
+    w_ref = 0.5 - alpha * m_ref / (math.sqrt(v_ref) + eps)
+    return all(math.isclose(float(t), r, rel_tol=1e-5)
+               for t, r in ((w, w_ref), (m, m_ref), (v, v_ref)))
+
+
+@functools.cache
+def fused_adam_support() -> tuple:
+    """The Keras classes the fused update applies to; ``()`` when the private Keras or torch
+    internals it needs are missing or differ (then Keras' own update runs; a warning says so).
+    The one feature check of this module, run once per process."""
+    classes = _keras_classes()
+    problem = None if classes else ("Keras' torch optimizer internals "
+                                    "(keras.src.backend.torch.optimizers) are missing or differ")
+    if classes and not _kernel_matches_keras():
+        classes, problem = (), "torch._fused_adam_ is missing or differs"
+    if problem:
+        warnings.warn(f"keras_effv2.fast: {problem} in Keras {keras.__version__} / torch "
+                      f"{torch.__version__}; Adam/AdamW update through Keras' own step "
+                      "(same result, slower).", RuntimeWarning, stacklevel=2)
+    return classes
 
 
 def _same_dense_layout(ref: torch.Tensor, *others: torch.Tensor) -> bool:
@@ -59,6 +119,8 @@ def _follow_layout(slot, weight: torch.Tensor) -> torch.Tensor:
 def fused_update_step(optimizer, grads, variables, learning_rate) -> bool:
     """Apply one Keras Adam update to ``variables`` in a fused pass; False (nothing done)
     when some weight does not qualify, in which case Keras' own update must run."""
+    if not all(hasattr(optimizer, m) for m in _SLOT_MEMBERS):  # built by the first step
+        return False
     index = [optimizer._get_variable_index(v) for v in variables]
     weights = [v.value for v in variables]
     slots = [optimizer._momentums, optimizer._velocities]
@@ -86,7 +148,7 @@ def fused_adam(optimizer):
     """Within the block, ``optimizer`` (a Keras ``Adam``/``AdamW``, or a ``LossScaleOptimizer``
     around one) updates through :func:`fused_update_step`; any other optimizer is untouched."""
     target = getattr(optimizer, "inner_optimizer", optimizer)
-    if type(target) not in FUSED_CLASSES or not hasattr(target, "_get_variable_index"):
+    if type(target) not in fused_adam_support():
         yield
         return
     keras_step = target._parallel_update_step

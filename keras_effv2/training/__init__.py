@@ -38,7 +38,13 @@ from keras_effv2.training.recipes import (
     scaled,
     with_progressive,
 )
-from keras_effv2.training.runner import make_plan, resolve_recipe, run_recipe
+from keras_effv2.training.runner import (
+    ResolvedRecipe,
+    make_plan,
+    resolve,
+    resolve_recipe,
+    run_recipe,
+)
 from keras_effv2.training.schedule import (
     PRESETS,
     ProgressiveSchedule,
@@ -53,7 +59,8 @@ __all__ = [
     "StageCSVLogger", "StageSettings", "TrainingBackup", "build_optimizer", "cars196_manual_dir",
     "constant_schedule", "cutout", "data_parallel_scope", "eval_dataset", "freeze_backbone",
     "get_recipe", "get_schedule", "load_dataset", "load_digits", "load_image_folder",
-    "make_plan", "plot_history", "progressive_fit", "resolve_recipe", "run_recipe", "scaled",
+    "make_plan", "plot_history", "progressive_fit", "resolve", "resolve_recipe",
+    "ResolvedRecipe", "run_recipe", "scaled",
     "set_bn_trainable", "set_dropout_rate", "split_epochs", "train_dataset", "unfreeze",
     "with_progressive",
 ]

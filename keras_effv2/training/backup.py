@@ -79,8 +79,13 @@ class TrainingBackup(keras.callbacks.Callback):
     (as ``BackupAndRestore`` does); only ``"epoch"`` resumes exactly where the run stopped.
     """
 
-    def __init__(self, backup_dir, save_freq="epoch"):
+    def __init__(self, backup_dir, save_freq="epoch", state_model=None):
+        """``state_model``: the model whose weights file (and compiled optimizer) the backup
+        writes and reads, when ``fit`` runs on another view of its variables (the fast
+        training step, ``keras_effv2.training.fast_step``): the file layout is then the same
+        whichever step trains, so a run may resume with or without the fast path."""
         super().__init__()
+        self.state_model = state_model
         if not backup_dir:
             raise ValueError("backup_dir must be a folder path.")
         if save_freq != "epoch" and not (isinstance(save_freq, int) and save_freq > 0):
@@ -96,7 +101,7 @@ class TrainingBackup(keras.callbacks.Callback):
         meta = read_backup(self.backup_dir)
         if meta is None:
             return
-        model = self.model
+        model = self.state_model or self.model
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)  # its variables must exist to load
         model.load_weights(os.path.join(self.backup_dir, meta.get("weights", LEGACY_WEIGHTS)))
@@ -117,7 +122,7 @@ class TrainingBackup(keras.callbacks.Callback):
             self._torch_rng = meta["torch_rng"]
             if meta.get("fit_ended"):
                 self._restore_torch_rng()
-        set_resume_epoch(model, int(meta["epoch"]))  # fit starts there
+        set_resume_epoch(self.model, int(meta["epoch"]))  # fit starts there
 
     def _restore_torch_rng(self):
         if self._torch_rng is not None:
@@ -147,9 +152,9 @@ class TrainingBackup(keras.callbacks.Callback):
 
     def save(self, epoch: int, batch: int = 0, fit_ended: bool = False) -> None:
         """Commit the current state as the state after ``epoch`` epochs (+ ``batch`` batches)."""
-        model = self.model
-        if hasattr(model, "jax_state_sync"):
-            model.jax_state_sync()  # JAX: the variables lag the trainer's state inside an epoch
+        if hasattr(self.model, "jax_state_sync"):
+            self.model.jax_state_sync()  # JAX: the variables lag the trainer's state in an epoch
+        model = self.state_model or self.model
         os.makedirs(self.backup_dir, exist_ok=True)
         fd, weights = tempfile.mkstemp(prefix="state-", suffix=".weights.h5", dir=self.backup_dir)
         os.close(fd)

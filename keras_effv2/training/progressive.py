@@ -38,6 +38,7 @@ import keras
 
 from keras_effv2.keras_graph import set_resume_epoch
 from keras_effv2.training.backup import TrainingBackup, read_backup
+from keras_effv2.training.fast_step import StepThroughput, training_view
 from keras_effv2.training.schedule import ProgressiveSchedule, StageSettings
 
 DROPOUT_LAYER = "head_dropout"
@@ -122,6 +123,8 @@ class ProgressiveResult:
     history: dict = dataclasses.field(default_factory=dict)
     stages: list = dataclasses.field(default_factory=list)
     train_function_builds: int = 0
+    fast_path: bool = False
+    trained_by: str = ""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -147,6 +150,7 @@ def progressive_fit(
     dropout_layer: str = DROPOUT_LAYER,
     on_stage_begin: Callable[[StageSettings, dict], None] | None = None,
     on_stage_end: Callable[[StageSettings, dict], None] | None = None,
+    fast_path: bool = True,
 ) -> ProgressiveResult:
     """Train a compiled ``model`` stage by stage (see the module doc).
 
@@ -165,6 +169,10 @@ def progressive_fit(
         on_stage_begin: called with ``(stage, record)`` before each stage's ``fit``.
         on_stage_end: called with ``(stage, record)`` after it (the record then holds the
             stage's last-epoch metrics as ``final_<name>``).
+        fast_path: fit through ``keras_effv2.fast.optimize_for_training(model)`` on torch and
+            JAX (:func:`~keras_effv2.training.fast_step.training_view`; ``model`` is trained,
+            its optimizer holds the state); ``False`` fits ``model`` itself. Each stage record
+            gets ``images_per_second`` (steady state, first step excluded).
 
     ``result.history`` holds, per epoch, ``fit``'s metrics and the stage's settings
     (:func:`stage_columns`). Callbacks with a ``set_stage(stage, model)`` method (such as
@@ -179,8 +187,12 @@ def progressive_fit(
                          f"ints; got {epochs!r}.")
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1; got {steps_per_epoch}.")
-    backup = None if backup_dir is None else TrainingBackup(backup_dir, save_freq=backup_freq)
-    result = ProgressiveResult()
+    plain = model
+    model, path = training_view(plain, fast_path)  # the model every stage fits
+    backup = None if backup_dir is None else TrainingBackup(backup_dir, save_freq=backup_freq,
+                                                            state_model=plain)
+    throughput = StepThroughput()
+    result = ProgressiveResult(fast_path=path.fast, trained_by=path.describe())
     start = 0
     for stage, n_epochs in zip(stages, per_stage, strict=True):
         end = start + n_epochs
@@ -199,7 +211,7 @@ def progressive_fit(
         for cb in callbacks:
             if hasattr(cb, "set_stage"):
                 cb.set_stage(stage, model)
-        cbs = list(callbacks)
+        cbs = [throughput, *callbacks]
         if backup is not None:
             cbs.insert(0, backup)
         train = train_fn(stage)
@@ -209,9 +221,12 @@ def progressive_fit(
             record["resumed_at_epoch"] = resume_epoch
             record["skipped_batches"] = (resume_epoch - start) * steps_per_epoch
             train = train.skip(record["skipped_batches"])
+        throughput.batch_size = record["batch_shape"][0] if record["batch_shape"] else None
         set_resume_epoch(model, None)  # set only by the backup when it restores
         history = model.fit(
-            train, epochs=end, initial_epoch=start, steps_per_epoch=steps_per_epoch,
+            # Where a backup resumes (its restore sets the same through the private hook).
+            train, epochs=end, initial_epoch=min(max(start, resume_epoch), end),
+            steps_per_epoch=steps_per_epoch,
             validation_data=validation_fn(stage) if validation_fn is not None else None,
             callbacks=cbs, verbose=verbose, shuffle=False,
         )
@@ -223,6 +238,7 @@ def progressive_fit(
         for key, value in stage_columns(stage, model, dropout_layer).items():
             result.history.setdefault(key, []).extend([value] * len(history.epoch))
         result.history.setdefault("epoch", []).extend(e + 1 for e in history.epoch)
+        record["images_per_second"] = throughput.per_fit[-1]
         record["observed_dropout_rate"] = (
             float(model.get_layer(dropout_layer).rate)
             if dropout_layer in {layer.name for layer in model.layers} else None)

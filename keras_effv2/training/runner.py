@@ -24,7 +24,7 @@ import time
 
 import keras
 
-from keras_effv2.configs import get_variant
+from keras_effv2.configs import VariantSpec, get_variant
 from keras_effv2.training.data import (
     DATASETS,
     check_batch_size,
@@ -40,9 +40,16 @@ from keras_effv2.training.distribution import (
     shard_for_workers,
 )
 from keras_effv2.training.plotting import plot_history
-from keras_effv2.training.progressive import StageCSVLogger, progressive_fit
+from keras_effv2.training.progressive import StageCSVLogger, progressive_fit, split_epochs
 from keras_effv2.training.recipes import Recipe, build_optimizer, get_recipe, recipe_for
-from keras_effv2.training.schedule import MIN_IMAGE_SIZE, constant_schedule, get_schedule
+from keras_effv2.training.schedule import (
+    MIN_IMAGE_SIZE,
+    ProgressiveSchedule,
+    constant_schedule,
+    get_schedule,
+)
+from keras_effv2.weights import WeightsSpec, get_weights_spec
+from keras_effv2.weights.registry import is_weights_tag
 
 
 def _size(value, variant) -> int:
@@ -50,6 +57,41 @@ def _size(value, variant) -> int:
     if size < MIN_IMAGE_SIZE:
         raise ValueError(f"image size {size} is below the minimum {MIN_IMAGE_SIZE} px.")
     return size
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedRecipe:
+    """A recipe with its variant, weight set and schedule resolved once (:func:`resolve`).
+
+    ``weights``: ``None`` (random init), a registered ``WeightsSpec`` or a weights file path.
+    """
+
+    recipe: Recipe
+    variant: VariantSpec
+    weights: WeightsSpec | str | None
+    schedule: ProgressiveSchedule
+
+
+def _resolve_weights(variant: VariantSpec, weights):
+    if weights in (None, "none"):
+        return None
+    w = os.fspath(weights)
+    if is_weights_tag(w) or not (w.endswith(".h5") or os.sep in w or os.path.exists(w)):
+        return get_weights_spec(variant, w)  # not a tag nor a file: the error lists the tags
+    return w  # a file: EfficientNetV2 checks it when it loads
+
+
+def resolve(recipe=None, dataset=None, **overrides) -> ResolvedRecipe:
+    """Resolve a recipe (name, ``Recipe`` or ``ResolvedRecipe``) and its overrides once."""
+    if isinstance(recipe, ResolvedRecipe):
+        if dataset is not None or any(v is not None for v in overrides.values()):
+            raise ValueError("a ResolvedRecipe is final: give overrides to resolve() instead.")
+        return recipe
+    recipe = resolve_recipe(recipe, dataset, **overrides)
+    variant = get_variant(recipe.model)
+    schedule = (get_schedule(recipe.progressive) if recipe.progressive
+                else constant_schedule(_size(recipe.train_size, variant)))
+    return ResolvedRecipe(recipe, variant, _resolve_weights(variant, recipe.weights), schedule)
 
 
 def resolve_recipe(recipe=None, dataset=None, **overrides) -> Recipe:
@@ -71,19 +113,13 @@ def resolve_recipe(recipe=None, dataset=None, **overrides) -> Recipe:
     return dataclasses.replace(recipe, **overrides)
 
 
-def schedule_for(recipe: Recipe):
-    variant = get_variant(recipe.model)
-    if recipe.progressive:
-        return get_schedule(recipe.progressive)
-    return constant_schedule(_size(recipe.train_size, variant))
-
-
 def make_plan(recipe=None, *, dataset=None, train_examples=None, epochs=None,
               steps_per_epoch=None, **overrides) -> dict:
-    """Resolve everything a run needs, as JSON-ready data (``--dry-run`` prints it)."""
-    recipe = resolve_recipe(recipe, dataset, **overrides)
-    variant = get_variant(recipe.model)
-    schedule = schedule_for(recipe)
+    """Resolve everything a run needs, as JSON-ready data (``--dry-run`` prints it).
+
+    ``recipe`` may be a :class:`ResolvedRecipe` (then no ``dataset``/overrides)."""
+    resolved = resolve(recipe, dataset, **overrides)
+    recipe, variant, schedule = resolved.recipe, resolved.variant, resolved.schedule
     n = schedule.num_stages
     if train_examples is None:
         spec = DATASETS.get(recipe.dataset)
@@ -101,8 +137,6 @@ def make_plan(recipe=None, *, dataset=None, train_examples=None, epochs=None,
         epochs = max(n, math.ceil(recipe.total_steps / spe))
     if epochs < n:
         raise ValueError(f"{epochs} epoch(s) cannot cover {n} progressive stages.")
-    from keras_effv2.training.progressive import split_epochs
-
     per_stage = split_epochs(epochs, n)
     stages = []
     start = 0
@@ -111,7 +145,7 @@ def make_plan(recipe=None, *, dataset=None, train_examples=None, epochs=None,
         start += e
     return {
         "recipe": recipe.to_dict(),
-        "model": variant.name if hasattr(variant, "name") else recipe.model,
+        "model": variant.name,
         "schedule": {k: v for k, v in schedule.to_dict().items() if k != "stages"},
         "stages": stages,
         "train_examples": train_examples,
@@ -137,13 +171,15 @@ def _atomic_save_model(model, path):
     os.replace(tmp, path)
 
 
-def build_model(recipe: Recipe, num_classes: int) -> keras.Model:
+def build_model(recipe: Recipe | ResolvedRecipe, num_classes: int) -> keras.Model:
     from keras_effv2.applications import EfficientNetV2
 
+    resolved = resolve(recipe)
+    weights = resolved.weights
     return EfficientNetV2(
-        recipe.model, weights=None if recipe.weights in (None, "none") else recipe.weights,
-        classes=num_classes,
-        dropout_rate=recipe.dropout_rate, drop_path_rate=recipe.drop_path_rate)
+        resolved.variant, weights=weights.tag if isinstance(weights, WeightsSpec) else weights,
+        classes=num_classes, dropout_rate=resolved.recipe.dropout_rate,
+        drop_path_rate=resolved.recipe.drop_path_rate)
 
 
 class _ValidationTimer(keras.callbacks.Callback):
@@ -166,7 +202,8 @@ class _ValidationTimer(keras.callbacks.Callback):
 def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epochs=None,
                steps_per_epoch=None, distribution="none", verbose="auto", seed=0,
                tensorboard=True, callbacks=(), backup_freq="epoch", splits=None,
-               keras_model=None, print_fn=print, deterministic=False, **overrides) -> dict:
+               keras_model=None, print_fn=print, deterministic=False, fast_path=True,
+               **overrides) -> dict:
     """Train ``recipe`` (name or ``Recipe``) and write the artefacts; returns the result dict.
 
     ``overrides`` replace recipe fields (``model``, ``weights``, ``batch_size`` (scales the
@@ -178,6 +215,10 @@ def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epo
     ``deterministic=True`` turns on TensorFlow's op determinism for the rest of the process (the
     ``tf.data`` augmentation draws its random numbers in a fixed order, and TF ops): the same
     call gives the same weights, and a killed run resumes to exactly the uninterrupted result.
+    ``fast_path`` (default True): train through ``keras_effv2.fast.optimize_for_training`` on
+    torch and JAX (TensorFlow: the model itself is the fast path); ``False`` trains the plain
+    model. ``result.json`` records ``"fast_path"`` and each stage's ``"images_per_second"``;
+    ``model.keras`` is the plain model either way.
     """
     if distribution == "multi-process":
         initialize_multi_process()  # before the backend computes anything
@@ -185,13 +226,13 @@ def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epo
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    recipe = resolve_recipe(recipe, dataset, **overrides)
+    resolved = resolve(recipe, dataset, **overrides)  # the one resolution of this run
+    recipe, schedule = resolved.recipe, resolved.schedule
     if splits is None:
         splits = load_dataset(recipe.dataset, data_dir=data_dir, seed=seed)
     check_batch_size(splits, recipe.batch_size)
-    plan = make_plan(recipe, train_examples=splits.train_examples, epochs=epochs,
+    plan = make_plan(resolved, train_examples=splits.train_examples, epochs=epochs,
                      steps_per_epoch=steps_per_epoch)
-    schedule = schedule_for(recipe)
     os.makedirs(output_dir, exist_ok=True)
     keras.utils.set_random_seed(seed)
     policy = keras.config.dtype_policy()
@@ -200,7 +241,7 @@ def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epo
     try:
         with data_parallel_scope(distribution, recipe.batch_size) as replicas:
             if keras_model is None:
-                model = build_model(recipe, splits.num_classes)
+                model = build_model(resolved, splits.num_classes)
             elif isinstance(keras_model, keras.Model):
                 model = keras_model
             else:  # a builder, called inside the distribution scope
@@ -256,8 +297,11 @@ def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epo
                 validation_fn=lambda s: held_out(s.image_size)[0],
                 backup_dir=os.path.join(output_dir, "backup" if chief else
                                         f"backup-worker{process}"), backup_freq=backup_freq,
-                verbose=verbose, on_stage_begin=announce, on_stage_end=stage_done)
+                verbose=verbose, on_stage_begin=announce, on_stage_end=stage_done,
+                fast_path=fast_path)
             train_seconds = time.time() - start - timer.seconds
+            if chief:
+                print_fn(f"trained through {result.trained_by}")
             test, loss_factor = held_out(plan["eval_size"])
             test_loss, test_acc = model.evaluate(test, verbose=0)
             test_loss *= loss_factor
@@ -271,6 +315,7 @@ def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epo
         "held_out_seconds": round(timer.seconds, 1),
         "total_steps": plan["total_steps"], "epochs": plan["epochs"],
         "optimizer_iterations": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+        "fast_path": result.fast_path, "trained_by": result.trained_by,
         "stages": result.stages, "history": result.history,
         "paper_top1": (recipe.paper_top1 or {}).get(recipe.model),
     }
