@@ -14,6 +14,7 @@ import keras_effv2
 from keras_effv2 import applications
 from keras_effv2.preprocessing import AUTOML_128, IMAGENET, INCEPTION
 from keras_effv2.weights import WEIGHTS, WeightsDownloadError, cache, get_weights_spec, load
+from keras_effv2.weights.download import HashMismatchError, expected_sha256, file_name
 
 pytest.importorskip("timm")
 pytest.importorskip("safetensors")
@@ -138,9 +139,21 @@ def test_every_entry_resolves_through_folder_mirror(tmp_path, keras_home, monkey
         (mirror / url_path(w.url)).parent.mkdir(parents=True, exist_ok=True)
         (mirror / url_path(w.url)).write_bytes(w.key.encode())
     monkeypatch.setenv(cache.MIRROR_ENV, str(mirror))
+    prefixed = 0
     for w in WEIGHTS.values():
+        if expected_sha256(w.url, w.sha256) is not None:
+            # The mmpretrain files name their sha256 prefix: the placeholder bytes are refused
+            # (the primary host's file is checked, not passed to the next host).
+            with pytest.raises(HashMismatchError, match=file_name(w.url)):
+                cache.fetch_source(w)
+            prefixed += 1
+            continue
         path = cache.fetch_source(w)
         assert path.startswith(str(keras_home)) and open(path, "rb").read() == w.key.encode()
+    assert prefixed == 15  # the seed's model zoo; the timm and automl primaries carry none
+    assert not os.listdir(cache.downloads_dir()) or all(
+        not f.startswith(tuple(k for k in WEIGHTS if "3rdparty" in k))
+        for f in os.listdir(cache.downloads_dir()))
     monkeypatch.setenv(cache.MIRROR_ENV, mirror.as_uri() + "/")
     assert cache.source_origin(WEIGHTS["xl.in21k"].url) == (
         mirror.as_uri() + "/timm/tf_efficientnetv2_xl.in21k/resolve/main/model.safetensors")
