@@ -2,7 +2,7 @@
 
 ``KERAS_RANGE`` is the Keras range whose private internals keras_effv2 reads (behind feature
 checks: ``keras_graph.py``, ``fast/_torch_optim.py``) and that the suite ran against;
-``pyproject.toml`` declares the same (tests/test_compat.py keeps them equal). Importing
+``pyproject.toml`` declares the same (tests/test_guards.py keeps them equal). Importing
 keras_effv2 under another Keras fails at once with a message naming the range, instead of
 deep inside a training step.
 

@@ -34,7 +34,14 @@ from test_fast_training import _pair, _step, _values
 
 import keras_effv2
 from keras_effv2 import keras_graph
-from keras_effv2.compat import KERAS_RANGE, check_keras, spec
+from keras_effv2.compat import (
+    JAX_RANGE,
+    KERAS_RANGE,
+    TENSORFLOW_RANGE,
+    TORCH_RANGE,
+    check_keras,
+    spec,
+)
 from keras_effv2.fast import make_predictor, optimize_for_inference, optimize_for_training
 from keras_effv2.model import build_efficientnetv2
 
@@ -194,7 +201,11 @@ def test_supported_keras_range_is_checked_and_declared():
         with pytest.raises(ImportError, match=re.escape(spec(KERAS_RANGE))):
             check_keras(bad)
     with open(os.path.join(ROOT, "pyproject.toml")) as f:
-        assert f'"keras{spec(KERAS_RANGE)}"' in f.read()
+        pyproject = f.read()
+    assert f'"keras{spec(KERAS_RANGE)}"' in pyproject
+    for extra, bounds in (("torch", TORCH_RANGE), ("tensorflow", TENSORFLOW_RANGE),
+                          ("tensorflow-cpu", TENSORFLOW_RANGE), ("jax[cpu]", JAX_RANGE)):
+        assert f'"{extra}{spec(bounds)}"' in pyproject, (extra, spec(bounds))
 
 
 def test_import_fails_at_once_under_an_unsupported_keras():

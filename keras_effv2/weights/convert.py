@@ -42,7 +42,7 @@ from keras_effv2.weights.memory import release_freed_memory, release_interval
 from keras_effv2.weights.porting.assign import (
     assign_weights,
     infer_variant,
-    listing,
+    mapping_problems,
     model_weight_keys,
 )
 from keras_effv2.weights.porting.key_maps import (
@@ -244,13 +244,8 @@ def plan_weights_file(layout, reader, source: str, extra: dict | None = None,
         got = _transformed_shape(m, _shape(reader, m.source))
         if got != shape:
             bad_shapes.append(f"{key} {shape} <- {m.source} {got}")
-    problems = (
-        listing("model weights with no mapping", missing_target)
-        + listing(f"model weights whose tensor is missing from the {source_name}", missing_source)
-        + listing(f"{source_name} tensors used more than once", duplicated)
-        + listing(f"{source_name} tensors left unused", unused)
-        + listing("shape mismatches (model <- source)", bad_shapes)
-    )
+    problems = mapping_problems(source_name, missing_target, missing_source, duplicated, unused,
+                                bad_shapes)
     if problems:
         raise PortingError(f"The {source_name} does not fit EfficientNetV2-"
                            f"{infer_variant(layout).upper()}; nothing was written:{problems}")

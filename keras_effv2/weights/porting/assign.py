@@ -67,6 +67,18 @@ def listing(title: str, names: Iterable[str]) -> str:
     return f"\n  {title} ({len(names)}): {shown}{more}"
 
 
+def mapping_problems(source_name, missing_target, missing_source, duplicated, unused,
+                     bad_shapes) -> str:
+    """Every way a checkpoint fails to fit a model, as one listing ('' when it fits)."""
+    return (
+        listing("model weights with no mapping", missing_target)
+        + listing(f"model weights whose tensor is missing from the {source_name}", missing_source)
+        + listing(f"{source_name} tensors used more than once", duplicated)
+        + listing(f"{source_name} tensors left unused", unused)
+        + listing("shape mismatches (model <- source)", bad_shapes)
+    )
+
+
 def assign_weights(
     model,
     tensors: Mapping[str, np.ndarray],
@@ -104,13 +116,8 @@ def assign_weights(
                 f"{key} {tuple(variable.shape)} <- {mapping[key].source} {tuple(value.shape)}"
             )
         values[key] = value
-    problems = (
-        listing("model weights with no mapping", missing_target)
-        + listing(f"model weights whose tensor is missing from the {source_name}", missing_source)
-        + listing(f"{source_name} tensors used more than once", duplicated)
-        + listing(f"{source_name} tensors left unused", unused)
-        + listing("shape mismatches (model <- source)", bad_shapes)
-    )
+    problems = mapping_problems(source_name, missing_target, missing_source, duplicated, unused,
+                                bad_shapes)
     if problems:
         raise PortingError(
             f"The {source_name} does not fit model {model.name!r}; nothing was loaded:{problems}"

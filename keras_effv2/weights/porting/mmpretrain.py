@@ -136,9 +136,12 @@ class RestrictedUnpickler(pickle.Unpickler):
         if (module, name) in _ALLOWED_GLOBALS:
             return _ALLOWED_GLOBALS[(module, name)]
         if module == "torch._utils" and name in _TORCH_REBUILDERS:
-            import torch._utils
+            import torch._utils  # torch's own rebuild functions; a torch without one leaves
+            # the tensor Opaque, which _state_dict then refuses, naming it
 
-            return getattr(torch._utils, name)
+            rebuild = getattr(torch._utils, name, None)
+            if rebuild is not None:
+                return rebuild
         return type(name, (Opaque,), {"pickle_global": f"{module}.{name}"})
 
 
