@@ -174,7 +174,7 @@ PRESETS: dict[str, ProgressiveSchedule] = {
     # The main job: sklearn digits (8x8 upsampled), 3 stages 40 -> 52 -> 64 px, dropout 0.1 ->
     # 0.3, no RandAugment or mixup. Not 32 px: there B0's last stage runs on 1x1 maps, where a
     # 3x3 depthwise kernel trains only its centre tap; at the next size the 8 untrained taps
-    # come into play and the network restarts from chance (docs/incoming/issue-19-main-job.md).
+    # come into play and the network restarts from chance (docs/training.md, "Main job").
     "digits": ProgressiveSchedule(3, (40, 64), None, (0, 0), (0, 0), (0.1, 0.3),
                                   name="digits"),
 }
