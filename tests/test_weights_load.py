@@ -142,7 +142,8 @@ def test_not_a_weights_file(tmp_path):
         b0(weights=str(bad))
     with pytest.raises(ValueError, match=r"weights='b0\.h5': expected None or a path to a "
                                          r"Keras '\.weights\.h5' file, or a registered tag "
-                                         r"\(imagenet, imagenet21k, .*in21k_ft_in1k\)"):
+                                         r"\(imagenet, imagenet21k, .*in21k_ft_in1k, or an "
+                                         r"mmpretrain model-zoo name efficientnetv2-<v>_"):
         b0(weights="b0.h5")
 
 
@@ -182,7 +183,8 @@ def test_load_memory_xl_fresh_process(tmp_path):
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux peak-RSS reset")
 def test_first_use_memory_s(tmp_path):
     """First use of s.in1k from a local mirror (random timm-layout safetensors) on a built S:
-    download, streaming conversion into the cache and the load add at most 1.3x the weights."""
+    download, streaming conversion into the cache and the load add at most 0.6x the weights
+    (issue 21 asks for 1.3x; see MAX_FIRST_USE_GROWTH)."""
     r, growth = probe_load_growth("s", tmp_path, "--first-use", "in1k")
     assert r["weight_bytes"] == 21_612_360 * 4
     assert growth <= MAX_FIRST_USE_GROWTH
