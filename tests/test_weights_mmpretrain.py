@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import types
 import urllib.parse
 
 import keras
@@ -137,6 +138,24 @@ def test_training_snapshot_reads_without_its_classes(files):
     a = read_checkpoint("mmpretrain", files["plain"], "b0")[0]
     b = read_checkpoint("mmpretrain", files["snapshot"], "b0")[0]
     assert len(a) == 420 and list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_snapshot_refused_by_name_when_torch_lacks_its_rebuild_function(files, monkeypatch):
+    """Feature check of the restricted unpickler: a torch whose ``torch._utils`` lacks
+    ``_rebuild_tensor_v2`` (simulated where the unpickler looks it up) leaves each tensor an
+    inert placeholder, and the file is refused naming the entry and the missing function."""
+    import torch
+
+    from keras_effv2.weights.porting import mmpretrain as reader
+
+    real = reader._torch_utils()
+    without = types.SimpleNamespace(**{k: getattr(real, k) for k in dir(real)
+                                       if k != "_rebuild_tensor_v2" and not k.startswith("__")})
+    monkeypatch.setattr(reader, "_torch_utils", lambda: without)
+    with pytest.raises(CheckpointError, match=r"backbone\.layers\.0\.conv\.weight "
+                                              r"\(torch\._utils\._rebuild_tensor_v2\)"):
+        read_checkpoint("mmpretrain", files["snapshot"], "b0")
+    assert torch.load(files["plain"], weights_only=True)  # torch's own loader is untouched
 
 
 # S costs ~10 s more per leg (mmpretrain's S and ours): behind --run-large.

@@ -128,6 +128,14 @@ _ALLOWED_GLOBALS = {
 _TORCH_REBUILDERS = ("_rebuild_tensor_v2", "_rebuild_tensor", "_rebuild_parameter")
 
 
+def _torch_utils():
+    """The module holding torch's tensor rebuild functions (private: the feature check is the
+    ``getattr`` in :meth:`RestrictedUnpickler.find_class`)."""
+    import torch._utils
+
+    return torch._utils
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """Materialises tensors (torch's own rebuild functions) and plain containers; every other
     global becomes an :class:`Opaque` subclass named after it, without importing it."""
@@ -136,10 +144,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         if (module, name) in _ALLOWED_GLOBALS:
             return _ALLOWED_GLOBALS[(module, name)]
         if module == "torch._utils" and name in _TORCH_REBUILDERS:
-            import torch._utils  # torch's own rebuild functions; a torch without one leaves
-            # the tensor Opaque, which _state_dict then refuses, naming it
-
-            rebuild = getattr(torch._utils, name, None)
+            # torch's own rebuild functions; a torch without one leaves the tensor Opaque,
+            # which _state_dict then refuses, naming it
+            rebuild = getattr(_torch_utils(), name, None)
             if rebuild is not None:
                 return rebuild
         return type(name, (Opaque,), {"pickle_global": f"{module}.{name}"})
