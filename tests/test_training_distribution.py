@@ -204,15 +204,15 @@ def test_torch_joins_by_job_addresses_and_leaves():
         assert dist.get_backend() == "gloo" and not _torch_sync_bn.active()
         with data_parallel_scope("data-parallel", batch_size=8) as replicas:
             assert replicas == 1  # the joined group (torchrun's variables not needed then)
-        # the gradient average writes into each gradient, keeping its strides (fused Adam)
+        # the gradient sum writes into each gradient, keeping its strides (fused Adam)
         import torch
 
-        from keras_effv2.training.torch_distributed import average_gradients
+        from keras_effv2.training.torch_distributed import sum_gradients
 
         g = torch.arange(24.0).reshape(2, 3, 2, 2).contiguous(memory_format=torch.channels_last)
         grads = [g, None, torch.ones(3, dtype=torch.float64)]
         strides, ptr = g.stride(), g.data_ptr()
-        average_gradients(grads)
+        sum_gradients(grads)
         assert g.stride() == strides and g.data_ptr() == ptr and grads[1] is None
         np.testing.assert_array_equal(g.numpy(), np.arange(24.0).reshape(2, 3, 2, 2))
     finally:

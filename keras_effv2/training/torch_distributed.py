@@ -7,10 +7,14 @@ backend-neutral entry points are in :mod:`keras_effv2.training.distribution`).
   (``tcp://HOST:PORT``, process 0 listens). Training-mode BatchNorm then pools the global
   batch's statistics (:mod:`keras_effv2.fast._torch_sync_bn`).
 - :func:`synchronized_training`: while a ``fit`` runs in it, every process starts from process
-  0's weights, ``optimizer.apply`` first averages the gradients over the processes (one
-  all-reduce per dtype and device; each gradient keeps its strides) and the plain model's
-  BatchNorm layers use the global batch's statistics as the fast step's do. The gradient hook
-  is the optimizer's public ``apply``, shadowed on the instance, so loss scaling
+  0's weights; ``optimizer.scale_loss`` divides the loss by the number of processes and
+  ``optimizer.apply`` first sums the gradients over the processes (one all-reduce per dtype and
+  device; each gradient keeps its strides): the sum is the gradient of the global batch's mean
+  loss, and each process's backward sees the per-example gradient magnitudes of one process on
+  the global batch (float16 loss scaling overflows where one process's would; averaging
+  half-batch gradients instead skipped a step one process did not, measured). The plain
+  model's BatchNorm layers use the global batch's statistics as the fast step's do. Both hooks
+  are the optimizer's public methods, shadowed on the instance, so loss scaling
   (``LossScaleOptimizer``), gradient accumulation and the fused Adam update stay as they are.
 - :func:`batch_slice`: this process's rows of each global batch of a ``tf.data`` dataset.
 
@@ -79,12 +83,11 @@ def batch_slice(dataset, process_id: int, num_processes: int):
     return dataset.map(rows, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def average_gradients(grads: list) -> None:
-    """Replace each gradient by its mean over the processes, in place (same strides)."""
+def sum_gradients(grads: list) -> None:
+    """Replace each gradient by its sum over the processes, in place (same strides)."""
     import torch
     import torch.distributed as dist
 
-    world = dist.get_world_size()
     groups: dict = {}
     for g in grads:
         if g is not None:
@@ -93,7 +96,6 @@ def average_gradients(grads: list) -> None:
         for group in groups.values():
             flat = torch.cat([g.reshape(-1) for g in group])
             dist.all_reduce(flat)
-            flat.div_(world)
             offset = 0
             for g in group:
                 g.copy_(flat[offset:offset + g.numel()].view(g.shape))
@@ -135,23 +137,31 @@ def synced_batch_norm(bn):
 def synchronized_training(model: keras.Model):
     """Within the block, ``model`` (compiled) trains as one data-parallel program over the
     joined processes (see the module doc)."""
+    import torch.distributed as dist
+
     _broadcast_weights(model)
     optimizer = model.optimizer
-    keras_apply = optimizer.apply
+    keras_apply, keras_scale_loss = optimizer.apply, optimizer.scale_loss
+    world = dist.get_world_size()
+
+    def scale_loss(loss):
+        return keras_scale_loss(loss) / world  # this process's share of the global mean
 
     def apply(grads, trainable_variables=None):
         grads = list(grads)
-        average_gradients(grads)
+        sum_gradients(grads)
         return keras_apply(grads, trainable_variables)
 
     bns = [layer for layer in nested_layers(model)
            if isinstance(layer, keras.layers.BatchNormalization)]
-    vars(optimizer)["apply"] = apply  # shadows the class's method on this instance
+    vars(optimizer)["apply"] = apply  # shadow the class's methods on this instance
+    vars(optimizer)["scale_loss"] = scale_loss
     for bn in bns:
         vars(bn)["call"] = synced_batch_norm(bn)
     try:
         yield
     finally:
         vars(optimizer).pop("apply", None)
+        vars(optimizer).pop("scale_loss", None)
         for bn in bns:
             vars(bn).pop("call", None)
