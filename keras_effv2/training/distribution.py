@@ -18,9 +18,9 @@ Modes (``MODES``):
   variables (``torchrun --nproc-per-node N -m keras_effv2.train ...``; ``--nnodes`` and
   ``--rdzv-endpoint`` across hosts) or from the job addresses (``tcp://`` process 0's);
   ``"data-parallel"`` needs torchrun. Each process fits its slice of every global batch, the
-  gradients are averaged before each update, BatchNorm uses the global batch's statistics;
-  evaluation runs whole on every process (the same weights give every process the one-process
-  figures).
+  gradients (of the loss divided by the process count) are summed before each update,
+  BatchNorm uses the global batch's statistics; evaluation runs whole on every process (the
+  same weights give every process the one-process figures).
 
 Build and compile the model *inside* ``data_parallel_scope`` and call ``fit`` there too, inside
 ``synchronized_training(model)`` (torch's gradient and BatchNorm synchronization; nothing on TF
@@ -236,7 +236,7 @@ def leave_multi_process() -> None:
 @contextlib.contextmanager
 def synchronized_training(model):
     """Context in which to ``fit`` a compiled ``model`` built in ``data_parallel_scope``: on
-    torch with several processes, gradients averaged and BatchNorm synchronized
+    torch with several processes, gradients all-reduced and BatchNorm synchronized
     (:func:`keras_effv2.training.torch_distributed.synchronized_training`); elsewhere the
     strategy or distribution does it and this does nothing."""
     if keras.backend.backend() != "torch" or process_info()[1] == 1:
