@@ -216,7 +216,7 @@ def start_distribution(mode: str) -> Cluster | None:
             raise ValueError(
                 "distribution='data-parallel' on torch runs one process per device: launch "
                 f"every process with torchrun ({TORCH_DATA_PARALLEL_LAUNCH}; it sets "
-                f"{', '.join(TORCHRUN_VARIABLES)}); none of these is set here. Or use "
+                f"{', '.join(TORCHRUN_VARIABLES)}), and they are not all set here. Or use "
                 "--distribution multi-process with --job-addresses.")
         return initialize_multi_process()
     return None
