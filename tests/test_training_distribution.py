@@ -7,10 +7,10 @@ processes on loopback (TF ``MultiWorkerMirroredStrategy``, JAX ``jax.distributed
 moving statistics included, must match an in-process one-device run to float32 tolerance.
 TensorFlow's model uses ``BatchNormalization(synchronized=True)``: a strategy otherwise keeps
 per-replica batch statistics (measured 5e-3 off; docs/distribution.md). On torch (one process
-per device, torch.distributed with gloo) 2 processes train with the fast step (joined through
-``--job-addresses``) and the plain model (launched by torchrun, ``data-parallel``), each against
-its own one-process run. The subprocesses are needed because device counts and the cluster are
-fixed when the backend starts.
+per device, torch.distributed with gloo) 2 processes launched by torchrun train with the fast
+step and then the plain model, each against its own one-process run (the ``--job-addresses``
+2-process case is ``large`` on torch). The subprocesses are needed because device counts and
+the cluster are fixed when the backend starts.
 """
 
 import json
@@ -298,7 +298,7 @@ def test_full_batches():
     assert y[13:].sum() == 0
 
 
-def test_distribution_bad_input():
+def test_distribution_bad_input(monkeypatch):
     with pytest.raises(ValueError, match="distribution must be one of"):
         with data_parallel_scope("model-parallel"):
             pass
@@ -306,7 +306,7 @@ def test_distribution_bad_input():
         import torch.distributed as dist
 
         for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", ENV_ADDRESSES):
-            os.environ.pop(k, None)  # (the test process's own environment: none is set)
+            monkeypatch.delenv(k, raising=False)
         with pytest.raises(ValueError, match="data-parallel' on torch runs one process per "
                                              "device: launch every process with torchrun "
                                              r"\(torchrun --nproc-per-node N -m "):
