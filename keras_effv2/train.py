@@ -21,6 +21,9 @@ EXAMPLES = """examples:
   # two hosts, one process each (same command on both, its own --process-id; process 0 writes)
   python -m keras_effv2.train --dataset cifar10 --distribution multi-process \
       --job-addresses 10.0.0.1:12345,10.0.0.2:12345 --num-processes 2 --process-id 0
+  # torch: 4 GPUs of one host, one process each (torchrun sets RANK, WORLD_SIZE, ...)
+  KERAS_BACKEND=torch torchrun --nproc-per-node 4 -m keras_effv2.train --dataset cifar10 \
+      --distribution multi-process
   # your own images: one subfolder per class (or train/ and test/ subfolders)
   python -m keras_effv2.train --dataset folder:/data/pets --model b0 --batch-size 32
   # Stanford Cars: put the manual copy in DATA_DIR/downloads/manual/ (see docs/training.md)
@@ -64,10 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data-parallel: this process's devices (keras.distribution.DataParallel "
                    "on jax, tf.distribute.MirroredStrategy on tensorflow); multi-process: one "
                    "process per host (jax.distributed + DataParallel on jax, "
-                   "MultiWorkerMirroredStrategy on tensorflow); not offered on torch")
+                   "MultiWorkerMirroredStrategy on tensorflow, torch.distributed on torch: "
+                   "launch with torchrun, or give --job-addresses; torch data-parallel: one "
+                   "process per GPU under torchrun)")
     p.add_argument("--job-addresses", help="multi-process: HOST:PORT of every process, process "
-                   "0 first, comma-separated (jax needs only process 0's, the coordinator); "
-                   "default $KERAS_DISTRIBUTION_JOB_ADDRESSES, or TF_CONFIG on tensorflow")
+                   "0 first, comma-separated (jax and torch need only process 0's, the "
+                   "coordinator); default $KERAS_DISTRIBUTION_JOB_ADDRESSES, or TF_CONFIG on "
+                   "tensorflow, or torchrun's variables on torch")
     p.add_argument("--num-processes", type=int,
                    help="multi-process: default $KERAS_DISTRIBUTION_NUM_PROCESSES")
     p.add_argument("--process-id", type=int, help="multi-process: this process, 0 .. N-1 "
@@ -138,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     from keras_effv2.training import make_plan, run_recipe
-    from keras_effv2.training.distribution import initialize_multi_process, resolve_cluster
+    from keras_effv2.training.distribution import (
+        initialize_multi_process,
+        leave_multi_process,
+        resolve_cluster,
+    )
 
     cluster = dict(job_addresses=args.job_addresses, num_processes=args.num_processes,
                    process_id=args.process_id)
@@ -171,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        leave_multi_process()  # torch: destroy the process group
     result.pop("model_object", None)
     summary = {k: result[k] for k in ("recipe", "dataset", "model", "backend", "test_accuracy",
                                       "paper_top1", "total_steps", "train_seconds",

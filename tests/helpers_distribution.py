@@ -8,8 +8,10 @@ second, reshuffled pass).
 
 In-process: ``train_state("none")``. In a subprocess (device count and cluster are fixed when
 the backend starts): ``python tests/helpers_distribution.py BACKEND MODE OUT.npz OUTPUT_DIR
-[--devices 2] [--job-addresses A,B --process-id I] [--bn plain|sync]``; writes ``OUT.npz``
-and prints ``RESULT{json}``.
+[--devices 2] [--job-addresses A,B --process-id I] [--bn plain|sync]
+[--paths fast|plain|fast,plain]``; writes ``OUT.npz`` (``{rank}`` in it: torchrun's
+``RANK``) and prints ``RESULT{json}``. On torch also under ``python -m torch.distributed.run
+--nproc-per-node 2 ...`` (no ``--job-addresses``).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def _tiny_model(num_classes, sync_bn):
 
 
 def train_state(distribution="none", *, output_dir, batch_size=GLOBAL_BATCH,
-                sync_bn=False) -> tuple[dict, dict]:
+                sync_bn=False, fast_path=True) -> tuple[dict, dict]:
     """Train; returns ``(arrays, info)``: every model and optimizer variable by path, and
     ``replicas``, ``processes``, ``iterations``, ``batch`` (what one replica, or on JAX the
     whole program, trained on), ``devices``, ``test_accuracy``, ``test_loss``."""
@@ -76,13 +78,15 @@ def train_state(distribution="none", *, output_dir, batch_size=GLOBAL_BATCH,
         model = _tiny_model(num_classes, sync_bn)
         v = model.get_layer("predictions").kernel.value
         sharding = getattr(v, "sharding", None)  # jax
+        values = getattr(v, "values", None)  # tf: one per replica (torch: a tensor method)
         seen["devices"] = (len(sharding.device_set) if sharding is not None
-                           else len(getattr(v, "values", [None])))
+                           else len(values) if isinstance(values, (list, tuple)) else 1)
         return model
 
     result = run_recipe(recipe, output_dir=output_dir, splits=splits, epochs=2,
                         steps_per_epoch=STEPS // 2, tensorboard=False, verbose=0, keras_model=build,
-                        print_fn=lambda *a: None, distribution=distribution)
+                        print_fn=lambda *a: None, distribution=distribution,
+                        fast_path=fast_path)
     model = result["model_object"]
     arrays = {v.path: keras.ops.convert_to_numpy(v.value) for v in model.weights
               if not v.path.startswith("probe/")}
@@ -91,7 +95,8 @@ def train_state(distribution="none", *, output_dir, batch_size=GLOBAL_BATCH,
     info = {"replicas": result["replicas"], "processes": result["processes"],
             "iterations": result["optimizer_iterations"],
             "batch": float(keras.ops.convert_to_numpy(model.get_layer("probe").size.value)),
-            "test_accuracy": result["test_accuracy"], "test_loss": result["test_loss"], **seen}
+            "test_accuracy": result["test_accuracy"], "test_loss": result["test_loss"],
+            "fast_path": result["fast_path"], **seen}
     return arrays, info
 
 
@@ -105,7 +110,12 @@ def main(argv=None):
     p.add_argument("--job-addresses")
     p.add_argument("--process-id", type=int)
     p.add_argument("--bn", choices=["plain", "sync"], default="plain")
+    p.add_argument("--paths", default="fast",
+                   help="fast, plain or fast,plain (in turn, one process group; OUT gets "
+                   "-fast/-plain)")
     args = p.parse_args(argv)
+    rank = os.environ.get("RANK", "0")  # under torchrun: one file per process
+    args.out = args.out.replace("{rank}", rank)
     os.environ["KERAS_BACKEND"] = args.backend
     if args.backend == "jax" and args.devices > 1:
         os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
@@ -122,10 +132,13 @@ def main(argv=None):
                                  args.process_id)
     import numpy as np
 
-    arrays, info = train_state(args.mode, output_dir=args.output_dir,
-                               sync_bn=args.bn == "sync")
-    np.savez(args.out, **arrays)
-    print("RESULT" + json.dumps(info), flush=True)
+    paths = args.paths.split(",")
+    for path in paths:
+        suffix = f"-{path}" if len(paths) > 1 else ""
+        arrays, info = train_state(args.mode, output_dir=args.output_dir + suffix,
+                                   sync_bn=args.bn == "sync", fast_path=path == "fast")
+        np.savez(args.out.replace(".npz", f"{suffix}.npz"), **arrays)
+        print("RESULT" + json.dumps({**info, "rank": int(rank), "path": path}), flush=True)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,11 @@ processes on loopback (TF ``MultiWorkerMirroredStrategy``, JAX ``jax.distributed
 2 progressive stages) through ``run_recipe``; every model and optimizer variable, BatchNorm
 moving statistics included, must match an in-process one-device run to float32 tolerance.
 TensorFlow's model uses ``BatchNormalization(synchronized=True)``: a strategy otherwise keeps
-per-replica batch statistics (measured 5e-3 off; docs/distribution.md). The subprocesses are
-needed because device counts and the cluster are fixed when the backend starts.
+per-replica batch statistics (measured 5e-3 off; docs/distribution.md). On torch (one process
+per device, torch.distributed with gloo) 2 processes launched by torchrun train with the fast
+step and then the plain model, each against its own one-process run (the ``--job-addresses``
+2-process case is ``large`` on torch). The subprocesses are needed because device counts and
+the cluster are fixed when the backend starts.
 """
 
 import json
@@ -39,8 +42,8 @@ SYNC_BN = BACKEND == "tensorflow"
 RTOL, ATOL = 1e-5, 1e-6  # float32; measured |delta| <= 7e-8 (docs/distribution.md)
 TIMEOUT = 480  # a hung collective fails the test instead of hanging CI
 
-needs_fit = pytest.mark.skipif(BACKEND == "torch", reason="Keras offers no data-parallel fit on "
-                               "torch (the error is tested in test_distribution_bad_input)")
+needs_fit = pytest.mark.skipif(BACKEND == "torch", reason="torch runs one process per device "
+                               "(the two-process tests cover it)")
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +78,11 @@ def _env():
     return env
 
 
-def _launch(tmp_path, name, *args):
+def _launch(tmp_path, name, *args, launcher=()):
     """Start the helper; output goes to files (a full pipe would block a collective)."""
     log = open(tmp_path / f"{name}.log", "w")  # closed in _finish
-    proc = subprocess.Popen([sys.executable, HELPER, BACKEND, *args], env=_env(), stdout=log,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, *launcher, HELPER, BACKEND, *args], env=_env(),
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
     return proc, log
 
 
@@ -102,7 +105,7 @@ def _finish(procs):
             text = f.read()
         lines = [x for x in text.splitlines() if x.startswith("RESULT")]
         assert proc.returncode == 0 and lines, f"{log.name}: rc {proc.returncode}\n{text[-4000:]}"
-        results.append(json.loads(lines[-1][len("RESULT"):]))
+        results.extend(json.loads(x[len("RESULT"):]) for x in lines)  # torchrun: one a process
     return results
 
 
@@ -147,24 +150,90 @@ def _free_ports(n):
     return ports
 
 
-@needs_fit
+@pytest.fixture(scope="module")
+def plain_reference(tmp_path_factory):
+    """torch: the one-process run of the plain model (``fast_path=False``)."""
+    return train_state("none", output_dir=str(tmp_path_factory.mktemp("plain") / "ref"),
+                       fast_path=False)
+
+
+@(pytest.mark.large if BACKEND == "torch" else lambda test: test)
 def test_two_processes_give_one_process_weights(reference, tmp_path):
-    (ref, ref_info), _ = reference
+    """``--job-addresses`` (torch: the fast training step, behind --run-large: the torchrun
+    test below covers it, the tcp:// join is tested in-process)."""
+    (ref, ref_info), control = reference
     addresses = ",".join(f"127.0.0.1:{p}" for p in _free_ports(2))
-    run_dir = tmp_path / "run"  # shared on purpose: only process 0 may write into it
     procs = [_launch(tmp_path, f"worker{i}", "multi-process", str(tmp_path / f"w{i}.npz"),
-                     str(run_dir), "--job-addresses", addresses, "--process-id", str(i),
-                     *_bn_args()) for i in range(2)]
+                     str(tmp_path / "run"), "--job-addresses", addresses, "--process-id",
+                     str(i), *_bn_args()) for i in range(2)]
+    _check_two_processes(tmp_path, _finish(procs), ref, ref_info, fast_path=True)
+    # the comparison can tell: one process on half of each batch is far outside the tolerance
+    assert _max_delta(control, ref) > 1e-3 > 100 * _max_delta(_load(tmp_path / "w0.npz"), ref)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torchrun launches torch processes")
+def test_torchrun_two_processes_give_one_process_weights(reference, plain_reference, tmp_path):
+    """torch: 2 processes launched by torchrun (its RANK/WORLD_SIZE/MASTER_* variables,
+    ``env://``), the fast training step then the plain model (``fast_path=False``), each
+    against its one-process run."""
+    [port] = _free_ports(1)
+    procs = [_launch(tmp_path, "torchrun", "multi-process", str(tmp_path / "w{rank}.npz"),
+                     str(tmp_path / "run"), "--paths", "fast,plain",
+                     launcher=("-m", "torch.distributed.run", "--nproc-per-node", "2",
+                               "--master-addr", "127.0.0.1", "--master-port", str(port)))]
     infos = _finish(procs)
-    w0, w1 = _load(tmp_path / "w0.npz"), _load(tmp_path / "w1.npz")
+    assert sorted((info["path"], info["rank"]) for info in infos) == [
+        ("fast", 0), ("fast", 1), ("plain", 0), ("plain", 1)]
+    for path, (ref, ref_info) in (("fast", reference[0]), ("plain", plain_reference)):
+        _check_two_processes(tmp_path, [i for i in infos if i["path"] == path], ref, ref_info,
+                             fast_path=path == "fast", suffix=f"-{path}")
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.distributed")
+def test_torch_joins_by_job_addresses_and_leaves():
+    """The ``tcp://`` join of ``--job-addresses`` (one process), then leaving."""
+    import torch.distributed as dist
+
+    from keras_effv2.fast import _torch_sync_bn
+    from keras_effv2.training.distribution import leave_multi_process
+
+    cluster = initialize_multi_process(f"127.0.0.1:{_free_ports(1)[0]}", 1, 0)
+    try:
+        assert process_info() == (0, 1) and cluster.is_chief
+        assert dist.is_initialized() and dist.get_world_size() == 1
+        assert dist.get_backend() == "gloo" and not _torch_sync_bn.active()
+        with data_parallel_scope("data-parallel", batch_size=8) as replicas:
+            assert replicas == 1  # the joined group (torchrun's variables not needed then)
+        # the gradient sum writes into each gradient, keeping its strides (fused Adam)
+        import torch
+
+        from keras_effv2.training.torch_distributed import sum_gradients
+
+        g = torch.arange(24.0).reshape(2, 3, 2, 2).contiguous(memory_format=torch.channels_last)
+        grads = [g, None, torch.ones(3, dtype=torch.float64)]
+        strides, ptr = g.stride(), g.data_ptr()
+        sum_gradients(grads)
+        assert g.stride() == strides and g.data_ptr() == ptr and grads[1] is None
+        np.testing.assert_array_equal(g.numpy(), np.arange(24.0).reshape(2, 3, 2, 2))
+    finally:
+        leave_multi_process()
+    assert not dist.is_initialized() and process_info() == (0, 1)
+
+
+def _check_two_processes(tmp_path, infos, ref, ref_info, fast_path, suffix=""):
+    run_dir = tmp_path / f"run{suffix}"  # shared on purpose: only process 0 may write into it
+    w0, w1 = _load(tmp_path / f"w0{suffix}.npz"), _load(tmp_path / f"w1{suffix}.npz")
     print(f"max |delta| 2 processes vs 1: {_max_delta(w0, ref):.2g}, process 1 vs 0: "
           f"{_max_delta(w1, w0):.2g}")
     _assert_same_state(w1, w0)
     _assert_same_state(w0, ref)
+    assert len(infos) == 2
     for info in infos:
         assert info["processes"] == 2 and info["replicas"] == 2
         assert info["iterations"] == STEPS
-        assert info["batch"] == (GLOBAL_BATCH // 2 if BACKEND == "tensorflow" else GLOBAL_BATCH)
+        assert info["fast_path"] == fast_path == ref_info["fast_path"]
+        # TF and torch: each process trains on half of each global batch; JAX: one program
+        assert info["batch"] == (GLOBAL_BATCH if BACKEND == "jax" else GLOBAL_BATCH // 2)
         assert info["test_accuracy"] == ref_info["test_accuracy"]
         assert info["test_loss"] == pytest.approx(ref_info["test_loss"], abs=2e-4)
     assert sorted(os.listdir(run_dir)) == ["curves.png", "log.csv", "model.keras",
@@ -229,18 +298,25 @@ def test_full_batches():
     assert y[13:].sum() == 0
 
 
-def test_distribution_bad_input():
+def test_distribution_bad_input(monkeypatch):
     with pytest.raises(ValueError, match="distribution must be one of"):
         with data_parallel_scope("model-parallel"):
             pass
     if BACKEND == "torch":
-        for mode in ("data-parallel", "multi-process"):
-            with pytest.raises(ValueError, match="offered on the jax backend.*tensorflow "
-                                                 "backend.*no multi-device fit for torch"):
-                with data_parallel_scope(mode):
-                    pass
-        with pytest.raises(ValueError, match="no multi-device fit for torch"):
-            initialize_multi_process("127.0.0.1:1", 1, 0)
+        import torch.distributed as dist
+
+        for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", ENV_ADDRESSES):
+            monkeypatch.delenv(k, raising=False)
+        with pytest.raises(ValueError, match="data-parallel' on torch runs one process per "
+                                             "device: launch every process with torchrun "
+                                             r"\(torchrun --nproc-per-node N -m "):
+            with data_parallel_scope("data-parallel"):
+                pass
+        with pytest.raises(ValueError, match="needs the cluster.*launch every process with "
+                                             "torchrun"):
+            with data_parallel_scope("multi-process"):
+                pass
+        assert process_info() == (0, 1) and not dist.is_initialized()  # nothing half-joined
     else:
         from keras_effv2.training.distribution import available_devices
 
@@ -266,8 +342,6 @@ def test_cli_multi_process_flags(capsys):
     common = ["--dataset", "digits", "--dry-run"]
     assert main([*common, "--process-id", "1"]) == 2
     assert "are for --distribution multi-process" in capsys.readouterr().err
-    if BACKEND == "torch":
-        return
     assert main([*common, "--distribution", "multi-process", "--job-addresses",
                  "127.0.0.1:1,127.0.0.1:2", "--num-processes", "2", "--process-id", "1"]) == 0
     plan = json.loads(capsys.readouterr().out)

@@ -26,7 +26,9 @@ with the batch mean and *biased* variance and updates
 ``moving = moving * momentum + batch_stat * (1 - momentum)`` (the mean inside
 ``batch_norm`` with torch's momentum ``1 - momentum``, the variance rescaled from torch's
 unbiased one); otherwise (``evaluate``, ``predict``, a frozen layer) it uses the moving
-statistics. Under a mixed precision policy BN computes in float32, as Keras' layer does.
+statistics. Under a mixed precision policy BN computes in float32, as Keras' layer does. In a
+multi-process run, training-mode BN uses the global batch's statistics
+(:mod:`keras_effv2.fast._torch_sync_bn`).
 
 Example:
     >>> from keras_effv2.fast._torch_train import training_model  # KERAS_BACKEND=torch only
@@ -41,6 +43,7 @@ import keras
 import torch
 import torch.nn.functional as F
 
+from keras_effv2.fast import _torch_sync_bn
 from keras_effv2.fast._torch import conv2d, torch_kernel
 from keras_effv2.fast._torch_optim import fused_adam
 from keras_effv2.fast.fuse import _chain, _source_format
@@ -86,6 +89,9 @@ def _batch_norm(bn, x, training):
     if not (training and bn.trainable):
         y = F.batch_norm(x, bn.moving_mean.value, bn.moving_variance.value, gamma, beta,
                          False, 0.0, bn.epsilon)
+        return y if y.dtype == dtype else y.to(dtype)
+    if _torch_sync_bn.active():  # a multi-process run: the global batch's statistics
+        y = _torch_sync_bn.batch_norm_train(bn, x, 1)
         return y if y.dtype == dtype else y.to(dtype)
     # The moving mean updates inside batch_norm (torch's momentum is 1 - Keras'); the variance
     # it would update is the *unbiased* one, so it goes to a buffer and Keras' rule (biased

@@ -13,11 +13,18 @@ Modes (``MODES``):
   MultiWorkerMirroredStrategy`` (``TF_CONFIG``, or the cluster built from the job addresses)
   with data sharding, so each process gets its part of every global batch. Process 0 is the
   chief (the one that writes files).
-- torch: not offered; Keras 3 has no data-parallel ``fit`` for torch (use one device, or torch
-  DDP around a custom loop).
+- torch (both modes, :mod:`keras_effv2.training.torch_distributed`): one process per device
+  or host, ``torch.distributed`` ("gloo" on CPU, "nccl" on CUDA) joined from torchrun's
+  variables (``torchrun --nproc-per-node N -m keras_effv2.train ...``; ``--nnodes`` and
+  ``--rdzv-endpoint`` across hosts) or from the job addresses (``tcp://`` process 0's);
+  ``"data-parallel"`` needs torchrun. Each process fits its slice of every global batch, the
+  gradients (of the loss divided by the process count) are summed before each update,
+  BatchNorm uses the global batch's statistics; evaluation runs whole on every process (the
+  same weights give every process the one-process figures).
 
-Build and compile the model *inside* ``data_parallel_scope`` and call ``fit`` there too. The
-global batch must be divisible by the number of replicas. For ``"multi-process"`` call
+Build and compile the model *inside* ``data_parallel_scope`` and call ``fit`` there too, inside
+``synchronized_training(model)`` (torch's gradient and BatchNorm synchronization; nothing on TF
+and JAX). The global batch must be divisible by the number of replicas. For ``"multi-process"`` call
 ``initialize_multi_process`` before anything else runs on the backend (``run_recipe`` does it
 first thing); every process runs the same program with its own ``process_id``.
 
@@ -60,12 +67,24 @@ _CLUSTER: Cluster | None = None
 _STRATEGY = None  # the TensorFlow MultiWorkerMirroredStrategy, made once per process
 
 
-def _torch_error(mode):
-    return ValueError(
-        f"distribution={mode!r} is offered on the jax backend (keras.distribution."
-        "DataParallel) and the tensorflow backend (tf.distribute.MirroredStrategy, "
-        "MultiWorkerMirroredStrategy); Keras 3 has no multi-device fit for torch. Use "
-        "KERAS_BACKEND=jax or tensorflow, or distribution='none'.")
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+TORCH_DATA_PARALLEL_LAUNCH = (
+    "torchrun --nproc-per-node N -m keras_effv2.train ... --distribution data-parallel")
+
+
+def _under_torchrun() -> bool:
+    """torchrun (or another launcher) set the ``env://`` variables of torch.distributed."""
+    return all(k in os.environ for k in TORCHRUN_VARIABLES)
+
+
+def _torchrun_cluster() -> Cluster:
+    env = os.environ
+    try:
+        return Cluster((f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}",), int(env["WORLD_SIZE"]),
+                       int(env["RANK"]))
+    except ValueError:
+        raise ValueError(f"torchrun's RANK and WORLD_SIZE must be integers; got "
+                         f"{env['RANK']!r} and {env['WORLD_SIZE']!r}.") from None
 
 
 def _tf_config_cluster(tf_config: str) -> Cluster:
@@ -87,19 +106,25 @@ def _tf_config_cluster(tf_config: str) -> Cluster:
 
 def resolve_cluster(job_addresses=None, num_processes=None, process_id=None) -> Cluster:
     """The cluster from the arguments, else Keras' ``KERAS_DISTRIBUTION_*`` variables, else
-    (TensorFlow) ``TF_CONFIG``; checks it. ``job_addresses``: ``"host:port,host:port"`` or a
+    (TensorFlow) ``TF_CONFIG``, (torch) torchrun's ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/
+    ``MASTER_PORT``; checks it. ``job_addresses``: ``"host:port,host:port"`` or a
     list, process 0 first; on JAX the coordinator's address alone is enough."""
     env = os.environ
     if job_addresses is None and num_processes is None and process_id is None \
             and ENV_ADDRESSES not in env and "TF_CONFIG" in env \
             and keras.backend.backend() == "tensorflow":
         return _tf_config_cluster(env["TF_CONFIG"])
+    if job_addresses is None and num_processes is None and process_id is None \
+            and ENV_ADDRESSES not in env and keras.backend.backend() == "torch" \
+            and _under_torchrun():
+        return _torchrun_cluster()
     job_addresses = job_addresses if job_addresses is not None else env.get(ENV_ADDRESSES)
     num_processes = num_processes if num_processes is not None else env.get(ENV_NUM_PROCESSES)
     process_id = process_id if process_id is not None else env.get(ENV_PROCESS_ID)
     how = ("give the job addresses, the number of processes and this process's id "
            "(--job-addresses HOST:PORT[,HOST:PORT...] --num-processes N --process-id I, or "
-           f"{ENV_ADDRESSES}, {ENV_NUM_PROCESSES}, {ENV_PROCESS_ID}; TF_CONFIG on tensorflow)")
+           f"{ENV_ADDRESSES}, {ENV_NUM_PROCESSES}, {ENV_PROCESS_ID}; TF_CONFIG on tensorflow; "
+           "on torch, or launch every process with torchrun)")
     if job_addresses is None or num_processes is None or process_id is None:
         raise ValueError(f"multi-process training needs the cluster: {how}; got job addresses "
                          f"{job_addresses!r}, {num_processes!r} processes, process id "
@@ -137,9 +162,21 @@ def initialize_multi_process(job_addresses=None, num_processes=None,
     if _CLUSTER is not None:
         return _CLUSTER
     backend = keras.backend.backend()
-    if backend == "torch":
-        raise _torch_error("multi-process")
     cluster = resolve_cluster(job_addresses, num_processes, process_id)
+    if backend == "torch":
+        from keras_effv2.training import torch_distributed
+
+        from_env = (job_addresses, num_processes, process_id) == (None, None, None) \
+            and ENV_ADDRESSES not in os.environ and _under_torchrun()
+        try:
+            torch_distributed.join(cluster, from_env)
+        except (RuntimeError, ValueError) as e:
+            raise RuntimeError(
+                f"joining the torch.distributed process group failed ("
+                f"{'torchrun variables' if from_env else 'tcp://' + cluster.job_addresses[0]},"
+                f" process {cluster.process_id} of {cluster.num_processes}): {e}") from e
+        _CLUSTER = cluster
+        return cluster
     try:
         if backend == "jax":
             import jax
@@ -166,6 +203,49 @@ def initialize_multi_process(job_addresses=None, num_processes=None,
             "call initialize_multi_process first thing, or let run_recipe load the data.") from e
     _CLUSTER = cluster
     return cluster
+
+
+def start_distribution(mode: str) -> Cluster | None:
+    """Join the processes ``mode`` needs (first thing in a run; ``run_recipe`` calls it):
+    ``"multi-process"`` everywhere, ``"data-parallel"`` on torch (one process per device, under
+    torchrun). ``None`` where no processes join."""
+    if mode == "multi-process":
+        return initialize_multi_process()
+    if mode == "data-parallel" and keras.backend.backend() == "torch":
+        if _CLUSTER is None and not _under_torchrun():
+            raise ValueError(
+                "distribution='data-parallel' on torch runs one process per device: launch "
+                f"every process with torchrun ({TORCH_DATA_PARALLEL_LAUNCH}; it sets "
+                f"{', '.join(TORCHRUN_VARIABLES)}), and they are not all set here. Or use "
+                "--distribution multi-process with --job-addresses.")
+        return initialize_multi_process()
+    return None
+
+
+def leave_multi_process() -> None:
+    """Leave the cluster where the backend needs it (torch: destroy the process group; TF and
+    JAX keep theirs for the life of the process); ``process_info`` is ``(0, 1)`` again."""
+    global _CLUSTER
+    if _CLUSTER is not None and keras.backend.backend() == "torch":
+        from keras_effv2.training import torch_distributed
+
+        torch_distributed.leave()
+        _CLUSTER = None
+
+
+@contextlib.contextmanager
+def synchronized_training(model):
+    """Context in which to ``fit`` a compiled ``model`` built in ``data_parallel_scope``: on
+    torch with several processes, gradients all-reduced and BatchNorm synchronized
+    (:func:`keras_effv2.training.torch_distributed.synchronized_training`); elsewhere the
+    strategy or distribution does it and this does nothing."""
+    if keras.backend.backend() != "torch" or process_info()[1] == 1:
+        yield
+        return
+    from keras_effv2.training import torch_distributed
+
+    with torch_distributed.synchronized_training(model):
+        yield
 
 
 def process_info() -> tuple[int, int]:
@@ -210,10 +290,19 @@ def available_devices() -> list[str]:
     return []
 
 
-def shard_for_workers(dataset):
+def shard_for_workers(dataset, evaluation: bool = False):
     """Under TensorFlow multi-process, shard ``dataset`` by element (``AutoShardPolicy.DATA``):
     every process reads the same pipeline and keeps its slice of each global batch, so the
-    processes together see exactly the batches one process would. Otherwise unchanged."""
+    processes together see exactly the batches one process would. Under torch multi-process,
+    training batches: process ``i`` of ``N`` keeps rows ``[i*b/N, (i+1)*b/N)`` of each batch
+    ``b``; ``evaluation`` batches stay whole (every process evaluates all). Otherwise
+    unchanged."""
+    if keras.backend.backend() == "torch" and _CLUSTER is not None:
+        if evaluation or _CLUSTER.num_processes == 1:
+            return dataset
+        from keras_effv2.training.torch_distributed import batch_slice
+
+        return batch_slice(dataset, _CLUSTER.process_id, _CLUSTER.num_processes)
     if _STRATEGY is None:
         return dataset
     import tensorflow as tf
@@ -261,7 +350,12 @@ def data_parallel_scope(mode: str = "none", batch_size: int | None = None):
         return
     backend = keras.backend.backend()
     if backend == "torch":
-        raise _torch_error(mode)
+        replicas = start_distribution(mode).num_processes
+        if batch_size is not None and batch_size % replicas:
+            raise ValueError(f"batch size {batch_size} is not divisible by the {replicas} "
+                             "processes.")
+        yield replicas
+        return
     if mode == "multi-process":
         initialize_multi_process()
     devices = available_devices()

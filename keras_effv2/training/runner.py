@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -35,9 +36,10 @@ from keras_effv2.training.data import (
 from keras_effv2.training.distribution import (
     data_parallel_scope,
     full_batches,
-    initialize_multi_process,
     process_info,
     shard_for_workers,
+    start_distribution,
+    synchronized_training,
 )
 from keras_effv2.training.plotting import plot_history
 from keras_effv2.training.progressive import StageCSVLogger, progressive_fit, split_epochs
@@ -220,8 +222,7 @@ def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epo
     model. ``result.json`` records ``"fast_path"`` and each stage's ``"images_per_second"``;
     ``model.keras`` is the plain model either way.
     """
-    if distribution == "multi-process":
-        initialize_multi_process()  # before the backend computes anything
+    start_distribution(distribution)  # join the processes before the backend computes anything
     if deterministic:
         import tensorflow as tf
 
@@ -239,7 +240,9 @@ def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epo
     if recipe.mixed_precision:
         keras.config.set_dtype_policy("mixed_float16")
     try:
-        with data_parallel_scope(distribution, recipe.batch_size) as replicas:
+        with contextlib.ExitStack() as scopes:
+            replicas = scopes.enter_context(data_parallel_scope(distribution,
+                                                                recipe.batch_size))
             if keras_model is None:
                 model = build_model(resolved, splits.num_classes)
             elif isinstance(keras_model, keras.Model):
@@ -252,6 +255,7 @@ def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epo
                     label_smoothing=recipe.label_smoothing),
                 weighted_metrics=["accuracy"],  # = metrics without weights; see full_batches
             )
+            scopes.enter_context(synchronized_training(model))  # torch: gradients, BN
             process, processes = process_info()
             chief = process == 0
             timer = _ValidationTimer()
@@ -267,7 +271,7 @@ def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epo
                 factor = 1.0
                 if distribution != "none":  # equal slices for every replica and process
                     test, factor = full_batches(test, eval_batch, splits.test_examples)
-                return shard_for_workers(test), factor
+                return shard_for_workers(test, evaluation=True), factor
 
             def announce(stage, record):
                 print_fn(f"stage {stage.index + 1}/{stage.num_stages}: image {stage.image_size}"
