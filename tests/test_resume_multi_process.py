@@ -209,3 +209,40 @@ def test_killed_multi_process_run_resumes_to_the_uninterrupted_result(tmp_path, 
                                            "result.json"]  # backups removed at the end
     with open(run_dir / "log.csv") as f:  # the epochs the chief finished
         assert [line.split(",")[0] for line in f.read().splitlines()[1:]] == logged.split()
+
+
+def test_align_backups(tmp_path):
+    """A backup one save ahead goes back to the state its last save replaced (weights file
+    kept); without one to go back to, a clear error. In-process, no cluster."""
+    from keras_effv2.training.backup import TrainingBackup, align_backups, backup_position
+    from keras_effv2.training.distribution import gather_from_processes
+
+    assert gather_from_processes([2, 0]) == [[2, 0]]  # outside a multi-process run
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    backup = TrainingBackup(tmp_path / "b")
+    backup.set_model(model)
+    kernels = []
+    for epoch in (1, 2):
+        model.layers[0].kernel.assign(np.full((3, 2), epoch, "float32"))
+        kernels.append(keras.ops.convert_to_numpy(model.layers[0].kernel))
+        backup.save(epoch)
+    assert backup_position(tmp_path / "b") == (2, 0)
+    assert len([n for n in os.listdir(tmp_path / "b") if n.startswith("state-")]) == 2
+    with pytest.raises(ValueError, match=r"backups \(epoch, batch\) are \[\(2, 0\), None\].*"
+                                         "remove every process's backup folder"):
+        align_backups(tmp_path / "b", [(2, 0), None])  # two saves behind: nothing to go back to
+    assert align_backups(tmp_path / "b", [(2, 0), (2, 0)]) == (2, 0)  # in step: unchanged
+    assert backup_position(tmp_path / "b") == (2, 0)
+    assert align_backups(tmp_path / "b", [(2, 0), (1, 0)]) == (1, 0)
+    assert backup_position(tmp_path / "b") == (1, 0)
+    model.layers[0].kernel.assign(np.zeros((3, 2), "float32"))
+    backup.on_train_begin()  # restores the state of epoch 1
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.layers[0].kernel), kernels[0])
+    backup.save(2)  # the next save drops the abandoned state's file
+    assert len([n for n in os.listdir(tmp_path / "b") if n.startswith("state-")]) == 2
+    first = TrainingBackup(tmp_path / "c")
+    first.set_model(model)
+    first.save(1)
+    assert align_backups(tmp_path / "c", [(1, 0), None]) is None  # back past its first save
+    assert backup_position(tmp_path / "c") is None
