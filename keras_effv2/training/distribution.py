@@ -178,9 +178,8 @@ def gather_from_processes(values) -> list[list[int]]:
     0's first: a collective, so every process of a multi-process run must call it at the same
     point. Outside one, ``[values]``.
 
-    Example:
-        >>> gather_from_processes([2, 0])  # on process 1 of 2; process 0 passed [1, 0]
-        ... # doctest: +SKIP
+    Example (on process 1 of 2, where process 0 passed ``[1, 0]``):
+        >>> gather_from_processes([2, 0])  # doctest: +SKIP
         [[1, 0], [2, 0]]
     """
     values = [int(v) for v in values]
