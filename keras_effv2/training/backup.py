@@ -14,6 +14,12 @@ weights go to a new file, then ``training_metadata.json`` (epoch, batch, that fi
 random states) replaces the previous one by rename; older files are removed afterwards. A kill
 at any moment leaves either the previous or the new state.
 
+Each commit also keeps the state it replaces (``"previous"`` in the metadata, its weights file
+kept): in a multi-process run every process writes its own backup, and a process killed between
+the others' commits and its own is one save behind them. :func:`align_backups` (``run_recipe``
+calls it before training, with every process's :func:`backup_position`) moves the processes
+that are ahead back to the newest state all of them hold.
+
 Example:
     >>> backup = TrainingBackup("runs/x/backup")
     >>> model.fit(ds, epochs=10, callbacks=[backup])  # doctest: +SKIP
@@ -41,6 +47,52 @@ def read_backup(backup_dir) -> dict | None:
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def backup_position(backup_dir) -> tuple[int, int] | None:
+    """``(epoch, batch)`` of the state committed in ``backup_dir`` (``None`` when none)."""
+    meta = read_backup(backup_dir)
+    return None if meta is None else (int(meta["epoch"]), int(meta["batch"]))
+
+
+def _commit_metadata(backup_dir, meta) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".json", dir=backup_dir)
+    with os.fdopen(fd, "w") as f:
+        json.dump(meta, f)
+    os.replace(tmp, os.path.join(backup_dir, METADATA))  # the commit
+
+
+def align_backups(backup_dir, positions) -> tuple[int, int] | None:
+    """Make this process's backup the newest state that every process of a multi-process run
+    holds; returns its position. ``positions``: every process's :func:`backup_position` (this
+    one's among them). A process one save ahead of the others goes back to the state its
+    last save replaced (kept for this); farther apart, nothing can be resumed: a clear error.
+
+    Example:
+        >>> align_backups("runs/x/backup", [(2, 0), (1, 0)])  # doctest: +SKIP
+        (1, 0)
+    """
+    positions = [None if p is None else tuple(p) for p in positions]
+    target = None if None in positions else min(positions)
+    meta = read_backup(backup_dir)
+    own = None if meta is None else (int(meta["epoch"]), int(meta["batch"]))
+    if own == target:
+        return target
+    previous = None if meta is None else meta.get("previous")
+    previous_at = (None if previous is None
+                   else (int(previous["epoch"]), int(previous["batch"])))
+    if own is None or previous_at != target:
+        raise ValueError(
+            f"the processes' backups (epoch, batch) are {positions}: this one "
+            f"({backup_dir!r}, at {own}) cannot go back to {target}, which only a save more "
+            "than one behind holds. The processes did not run the same command, or some "
+            "backup folders are from another run: remove every process's backup folder to "
+            "start over.")
+    if previous is None:
+        os.remove(os.path.join(backup_dir, METADATA))  # the others have no backup yet
+    else:
+        _commit_metadata(backup_dir, previous)
+    return target
 
 
 def seed_state_variables(model) -> list:
@@ -159,16 +211,16 @@ class TrainingBackup(keras.callbacks.Callback):
         fd, weights = tempfile.mkstemp(prefix="state-", suffix=".weights.h5", dir=self.backup_dir)
         os.close(fd)
         model.save_weights(weights, overwrite=True)
+        previous = read_backup(self.backup_dir)  # kept for align_backups
+        if previous is not None:
+            previous.pop("previous", None)
         meta = {"epoch": int(epoch), "batch": int(batch), "fit_ended": fit_ended,
                 "weights": os.path.basename(weights),
                 "seed_states": [keras.ops.convert_to_numpy(v).tolist()
                                 for v in seed_state_variables(model)],
-                "torch_rng": _torch_rng_state()}
-        fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".json", dir=self.backup_dir)
-        with os.fdopen(fd, "w") as f:
-            json.dump(meta, f)
-        os.replace(tmp, os.path.join(self.backup_dir, METADATA))  # the commit
-        for name in os.listdir(self.backup_dir):  # earlier states, leftovers of killed saves
-            if name != meta["weights"] and name.startswith(("state-", ".partial-",
-                                                             LEGACY_WEIGHTS)):
+                "torch_rng": _torch_rng_state(), "previous": previous}
+        _commit_metadata(self.backup_dir, meta)
+        keep = {meta["weights"], (previous or {}).get("weights", LEGACY_WEIGHTS)}
+        for name in os.listdir(self.backup_dir):  # older states, leftovers of killed saves
+            if name not in keep and name.startswith(("state-", ".partial-", LEGACY_WEIGHTS)):
                 os.remove(os.path.join(self.backup_dir, name))

@@ -253,6 +253,40 @@ def process_info() -> tuple[int, int]:
     return (0, 1) if _CLUSTER is None else (_CLUSTER.process_id, _CLUSTER.num_processes)
 
 
+def gather_from_processes(values) -> list[list[int]]:
+    """Every process's ``values`` (a short list of ints, the same length everywhere), process
+    0's first: a collective, so every process of a multi-process run must call it at the same
+    point. Outside one, ``[values]``.
+
+    Example (on process 1 of 2, where process 0 passed ``[1, 0]``):
+        >>> gather_from_processes([2, 0])  # doctest: +SKIP
+        [[1, 0], [2, 0]]
+    """
+    values = [int(v) for v in values]
+    if _CLUSTER is None or _CLUSTER.num_processes == 1:
+        return [values]
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import numpy as np
+        from jax.experimental import multihost_utils
+
+        rows = np.asarray(multihost_utils.process_allgather(np.asarray(values, np.int64)))
+        return [[int(v) for v in row] for row in rows.reshape(_CLUSTER.num_processes, -1)]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        local = _STRATEGY.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant([values], tf.int64))
+        rows = _STRATEGY.gather(local, axis=0).numpy()  # one row per replica, in process order
+        per_process = len(rows) // _CLUSTER.num_processes
+        return [[int(v) for v in row] for row in rows[::per_process]]
+    import torch.distributed as dist  # the torch engine's process group
+
+    rows = [None] * _CLUSTER.num_processes
+    dist.all_gather_object(rows, values)
+    return rows
+
+
 def _multi_worker_strategy(resolver):
     """A ``MultiWorkerMirroredStrategy`` whose ``reduce`` takes what Keras 3.15's ``fit``
     passes it (keras-team/keras#20585: plain MWMS fails there): a nested structure (the batch

@@ -26,6 +26,7 @@ import time
 import keras
 
 from keras_effv2.configs import VariantSpec, get_variant
+from keras_effv2.training.backup import align_backups, backup_position
 from keras_effv2.training.data import (
     DATASETS,
     check_batch_size,
@@ -36,6 +37,7 @@ from keras_effv2.training.data import (
 from keras_effv2.training.distribution import (
     data_parallel_scope,
     full_batches,
+    gather_from_processes,
     process_info,
     shard_for_workers,
     start_distribution,
@@ -291,6 +293,12 @@ def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epo
                          f"{stage.image_size} px, test accuracy {acc:.4f} at "
                          f"{plan['eval_size']} px")
 
+            backup_dir = os.path.join(output_dir, "backup" if chief else
+                                      f"backup-worker{process}")
+            if processes > 1:  # a process killed mid-save may be one save behind the others
+                at = backup_position(backup_dir)
+                align_backups(backup_dir, [None if p[0] < 0 else tuple(p) for p in
+                                           gather_from_processes(at or (-1, -1))])
             start = time.time()
             result = progressive_fit(
                 model,
@@ -299,8 +307,7 @@ def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epo
                 schedule, epochs=[e - s for s, e in (st["epochs"] for st in plan["stages"])],
                 steps_per_epoch=plan["steps_per_epoch"], callbacks=cbs,
                 validation_fn=lambda s: held_out(s.image_size)[0],
-                backup_dir=os.path.join(output_dir, "backup" if chief else
-                                        f"backup-worker{process}"), backup_freq=backup_freq,
+                backup_dir=backup_dir, backup_freq=backup_freq,
                 verbose=verbose, on_stage_begin=announce, on_stage_end=stage_done,
                 fast_path=fast_path)
             train_seconds = time.time() - start - timer.seconds
