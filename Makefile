@@ -24,9 +24,14 @@ install: .install.stamp
 
 # `make test-large`: the whole suite plus the large cases (marker `large`, `--run-large`).
 # The legs run in two lanes (tests/run_backends.py; logs in .test-logs/); LANES=1: one by one.
+# The torch leg runs as two halves of its test files, one at the end of each lane, so that
+# the lanes (TensorFlow then torch 1 | JAX then torch 2) end together.
 LANES ?= 2
+SPLIT ?= torch:2
 test: install
-	$(PYTHON) tests/run_backends.py --lanes $(LANES) $(BACKENDS) -- $(PYTEST_ARGS)
+	$(PYTHON) tests/run_backends.py --lanes $(LANES) \
+		$(if $(filter $(firstword $(subst :, ,$(SPLIT))),$(BACKENDS)),--split $(SPLIT)) \
+		$(BACKENDS) -- $(PYTEST_ARGS)
 
 test-large: PYTEST_ARGS += --run-large
 test-large: test

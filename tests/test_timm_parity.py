@@ -12,10 +12,13 @@ pytest.importorskip("timm")
 from helpers_timm import make_timm_model, timm_logits, timm_state_dict  # noqa: E402
 
 TOLERANCE = 1e-4
-# Small variants at their eval size; L and XL at 128 by default, full size under --run-large.
+# B0-B3 at their eval size; S, M, L and XL at 128 by default (the same weights and code at a
+# quarter to a fourteenth of the pixels), their eval size under --run-large.
 CASES = [
-    ("b0", 224), ("b1", 240), ("b2", 260), ("b3", 300), ("s", 384), ("m", 480),
+    ("b0", 224), ("b1", 240), ("b2", 260), ("b3", 300), ("s", 128), ("m", 128),
     ("l", 128), ("xl", 128),
+    pytest.param("s", 384, marks=pytest.mark.large),
+    pytest.param("m", 480, marks=pytest.mark.large),
     pytest.param("l", 480, marks=pytest.mark.large),
     pytest.param("xl", 512, marks=pytest.mark.large),
 ]
