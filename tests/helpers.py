@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import keras
 import numpy as np
 
@@ -30,3 +32,14 @@ def to_backend_layout(images_nhwc: np.ndarray) -> np.ndarray:
 
 def top_k(logits: np.ndarray, k: int = 5) -> np.ndarray:
     return np.argsort(-logits, axis=-1)[:, :k]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on loopback (for multi-process tests)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports

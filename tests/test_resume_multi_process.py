@@ -21,7 +21,6 @@ multi-process engine); the others, and every JAX case, run with ``--run-large``.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import time
 import keras
 import numpy as np
 import pytest
+from helpers import free_ports
 
 from keras_effv2.training.backup import read_backup
 from keras_effv2.training.distribution import ENV_ADDRESSES, ENV_NUM_PROCESSES, ENV_PROCESS_ID
@@ -42,16 +42,6 @@ BN = "sync" if BACKEND == "tensorflow" else "plain"  # as in test_training_distr
 RTOL, ATOL = 1e-5, 1e-6
 TIMEOUT = 480  # a hung collective fails the test instead of hanging CI
 GRACE = 60.0  # at most, for the survivor of a crash to fail or save before it is killed
-
-
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _env():
@@ -182,7 +172,7 @@ CRASHES = {
 ])
 def test_killed_multi_process_run_resumes_to_the_uninterrupted_result(tmp_path, crashes):
     def addresses():
-        return ",".join(f"127.0.0.1:{p}" for p in _free_ports(2))
+        return ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
 
     reference = Cluster(tmp_path, "reference", tmp_path / "reference", addresses())
     run_dir, run_addresses = tmp_path / "run", addresses()  # the same command at each rerun

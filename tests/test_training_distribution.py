@@ -15,13 +15,13 @@ the cluster are fixed when the backend starts.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import keras
 import numpy as np
 import pytest
+from helpers import free_ports
 from helpers_distribution import GLOBAL_BATCH, STEPS, train_state
 
 from keras_effv2.training import data_parallel_scope
@@ -140,16 +140,6 @@ def test_two_devices_give_one_devices_weights(reference, tmp_path):
     assert control_delta > 1e-3 > 100 * delta
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.fixture(scope="module")
 def plain_reference(tmp_path_factory):
     """torch: the one-process run of the plain model (``fast_path=False``)."""
@@ -162,7 +152,7 @@ def test_two_processes_give_one_process_weights(reference, tmp_path):
     """``--job-addresses`` (torch: the fast training step, behind --run-large: the torchrun
     test below covers it, the tcp:// join is tested in-process)."""
     (ref, ref_info), control = reference
-    addresses = ",".join(f"127.0.0.1:{p}" for p in _free_ports(2))
+    addresses = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
     procs = [_launch(tmp_path, f"worker{i}", "multi-process", str(tmp_path / f"w{i}.npz"),
                      str(tmp_path / "run"), "--job-addresses", addresses, "--process-id",
                      str(i), *_bn_args()) for i in range(2)]
@@ -176,7 +166,7 @@ def test_torchrun_two_processes_give_one_process_weights(reference, plain_refere
     """torch: 2 processes launched by torchrun (its RANK/WORLD_SIZE/MASTER_* variables,
     ``env://``), the fast training step then the plain model (``fast_path=False``), each
     against its one-process run."""
-    [port] = _free_ports(1)
+    [port] = free_ports(1)
     procs = [_launch(tmp_path, "torchrun", "multi-process", str(tmp_path / "w{rank}.npz"),
                      str(tmp_path / "run"), "--paths", "fast,plain",
                      launcher=("-m", "torch.distributed.run", "--nproc-per-node", "2",
@@ -197,7 +187,7 @@ def test_torch_joins_by_job_addresses_and_leaves():
     from keras_effv2.fast import _torch_sync_bn
     from keras_effv2.training.distribution import leave_multi_process
 
-    cluster = initialize_multi_process(f"127.0.0.1:{_free_ports(1)[0]}", 1, 0)
+    cluster = initialize_multi_process(f"127.0.0.1:{free_ports(1)[0]}", 1, 0)
     try:
         assert process_info() == (0, 1) and cluster.is_chief
         assert dist.is_initialized() and dist.get_world_size() == 1
@@ -332,7 +322,7 @@ def test_multi_process_must_start_first():
     float(tf.constant(1.0) + 1)
     with pytest.raises(RuntimeError, match=f"joining the cluster failed on {BACKEND}: .*must "
                                            "start before the backend computes anything"):
-        initialize_multi_process(f"127.0.0.1:{_free_ports(1)[0]}", 1, 0)
+        initialize_multi_process(f"127.0.0.1:{free_ports(1)[0]}", 1, 0)
     assert process_info() == (0, 1)  # nothing half-joined
 
 
