@@ -1,17 +1,20 @@
 """One small, deterministic training run through ``run_recipe`` and its final state, for the
 data-parallel equality tests (tests/test_training_distribution.py).
 
-The run: a tiny conv net (BatchNormalization, no dropout, no augmentation), SGD with Nesterov
-momentum, 2 progressive stages (32 then 40 px, a new ``fit`` each) of 3 steps, global batch
-``GLOBAL_BATCH`` from ``TRAIN_EXAMPLES`` shuffled digits (each stage's third step starts the
-second, reshuffled pass).
+The run: a tiny conv net (BatchNormalization, no dropout, no augmentation) or, with
+``model="twoblock"`` (``--model twoblock``), a two-block EfficientNetV2 of our own blocks (a
+FusedMBConv and an MBConv with squeeze-excite: on JAX the fast step's tap-matmul filter
+gradient, shifted-slice depthwise with its per-image ``lax.scan`` gradient and 1x1 matmuls all
+run), SGD with Nesterov momentum, 2 progressive stages (32 then 40 px, a new ``fit`` each) of
+3 steps, global batch ``GLOBAL_BATCH`` from ``TRAIN_EXAMPLES`` shuffled digits (each stage's
+third step starts the second, reshuffled pass).
 
 In-process: ``train_state("none")``. In a subprocess (device count and cluster are fixed when
 the backend starts): ``python tests/helpers_distribution.py BACKEND MODE OUT.npz OUTPUT_DIR
 [--devices 2] [--job-addresses A,B --process-id I] [--bn plain|sync]
-[--paths fast|plain|fast,plain]``; writes ``OUT.npz`` (``{rank}`` in it: torchrun's
-``RANK``) and prints ``RESULT{json}``. On torch also under ``python -m torch.distributed.run
---nproc-per-node 2 ...`` (no ``--job-addresses``).
+[--paths fast|plain|fast,plain] [--model tiny|twoblock]``; writes ``OUT.npz`` (``{rank}`` in
+it: torchrun's ``RANK``) and prints ``RESULT{json}``. On torch also under ``python -m
+torch.distributed.run --nproc-per-node 2 ...`` (no ``--job-addresses``).
 """
 
 from __future__ import annotations
@@ -27,13 +30,13 @@ TRAIN_EXAMPLES = 16
 STEPS = 6  # 2 stages x 1 epoch x 3 steps
 
 
-def _tiny_model(num_classes, sync_bn):
+def _probed_input():
+    """``(input, its rescaled tensor)``, through a probe layer that keeps the batch size of the
+    last training step: per replica (replica 0's) on TensorFlow strategies, the global batch
+    on JAX (one SPMD program)."""
     import keras
 
     class BatchProbe(keras.layers.Layer):
-        """Keeps the batch size of the last training step: per replica (replica 0's) on
-        TensorFlow strategies, the global batch on JAX (one SPMD program)."""
-
         def build(self, input_shape):
             self.size = self.add_weight(shape=(), initializer="zeros", trainable=False,
                                         aggregation="only_first_replica", name="size")
@@ -44,8 +47,13 @@ def _tiny_model(num_classes, sync_bn):
             return x
 
     inp = keras.Input((None, None, 3))
-    x = BatchProbe(name="probe")(inp)
-    x = keras.layers.Rescaling(1 / 255, name="rescale")(x)
+    return inp, keras.layers.Rescaling(1 / 255, name="rescale")(BatchProbe(name="probe")(inp))
+
+
+def _tiny_model(num_classes, sync_bn):
+    import keras
+
+    inp, x = _probed_input()
     x = keras.layers.Conv2D(8, 3, strides=2, use_bias=False, name="conv")(x)  # BN follows
     x = keras.layers.BatchNormalization(synchronized=sync_bn, name="bn")(x)
     x = keras.layers.Activation("silu", name="act")(x)  # smooth: no ReLU kink for noise to flip
@@ -54,11 +62,32 @@ def _tiny_model(num_classes, sync_bn):
     return keras.Model(inp, out)
 
 
+def _two_block_model(num_classes, sync_bn):
+    """Our stem, a FusedMBConv (3x3 expand conv, 1x1 project), an MBConv (1x1 expand, 3x3
+    stride-2 depthwise, squeeze-excite, 1x1 project), our head; BatchNormalization throughout,
+    no dropout or stochastic depth."""
+    from keras_effv2.configs import VARIANTS, _stages
+    from keras_effv2.model import build_efficientnetv2
+
+    if sync_bn:
+        raise ValueError("the two-block EfficientNetV2 has our plain BatchNormalization "
+                         "(--bn plain): it is for the JAX data-parallel tests")
+    spec = dataclasses.replace(VARIANTS["s"], width=1.0, depth=1.0, stages=_stages(
+        "fused r1 k3 s1 e4 i24 o24", "mbconv r1 k3 s2 e4 i24 o32 se0.25"))
+    _, x = _probed_input()
+    return build_efficientnetv2(spec, input_tensor=x, classes=num_classes, dropout_rate=0.0,
+                                drop_path_rate=0.0)
+
+
+MODELS = {"tiny": _tiny_model, "twoblock": _two_block_model}
+
+
 def train_state(distribution="none", *, output_dir, batch_size=GLOBAL_BATCH,
-                sync_bn=False, fast_path=True) -> tuple[dict, dict]:
+                sync_bn=False, fast_path=True, model="tiny") -> tuple[dict, dict]:
     """Train; returns ``(arrays, info)``: every model and optimizer variable by path, and
     ``replicas``, ``processes``, ``iterations``, ``batch`` (what one replica, or on JAX the
-    whole program, trained on), ``devices``, ``test_accuracy``, ``test_loss``."""
+    whole program, trained on), ``devices``, ``test_accuracy``, ``test_loss``, ``fast_path``,
+    ``trained_by``. ``model``: a key of ``MODELS``."""
     import keras
 
     from keras_effv2.training import AugmentConfig, Recipe, load_dataset, run_recipe
@@ -75,28 +104,28 @@ def train_state(distribution="none", *, output_dir, batch_size=GLOBAL_BATCH,
     seen = {}
 
     def build(num_classes):
-        model = _tiny_model(num_classes, sync_bn)
-        v = model.get_layer("predictions").kernel.value
+        net = MODELS[model](num_classes, sync_bn)
+        v = net.get_layer("predictions").kernel.value
         sharding = getattr(v, "sharding", None)  # jax
         values = getattr(v, "values", None)  # tf: one per replica (torch: a tensor method)
         seen["devices"] = (len(sharding.device_set) if sharding is not None
                            else len(values) if isinstance(values, (list, tuple)) else 1)
-        return model
+        return net
 
     result = run_recipe(recipe, output_dir=output_dir, splits=splits, epochs=2,
                         steps_per_epoch=STEPS // 2, tensorboard=False, verbose=0, keras_model=build,
                         print_fn=lambda *a: None, distribution=distribution,
                         fast_path=fast_path)
-    model = result["model_object"]
-    arrays = {v.path: keras.ops.convert_to_numpy(v.value) for v in model.weights
+    trained = result["model_object"]
+    arrays = {v.path: keras.ops.convert_to_numpy(v.value) for v in trained.weights
               if not v.path.startswith("probe/")}
     arrays.update({f"optimizer/{v.path.split('/', 1)[-1]}": keras.ops.convert_to_numpy(v.value)
-                   for v in model.optimizer.variables})  # without the optimizer's own name
+                   for v in trained.optimizer.variables})  # without the optimizer's own name
     info = {"replicas": result["replicas"], "processes": result["processes"],
             "iterations": result["optimizer_iterations"],
-            "batch": float(keras.ops.convert_to_numpy(model.get_layer("probe").size.value)),
+            "batch": float(keras.ops.convert_to_numpy(trained.get_layer("probe").size.value)),
             "test_accuracy": result["test_accuracy"], "test_loss": result["test_loss"],
-            "fast_path": result["fast_path"], **seen}
+            "fast_path": result["fast_path"], "trained_by": result["trained_by"], **seen}
     return arrays, info
 
 
@@ -113,6 +142,7 @@ def main(argv=None):
     p.add_argument("--paths", default="fast",
                    help="fast, plain or fast,plain (in turn, one process group; OUT gets "
                    "-fast/-plain)")
+    p.add_argument("--model", choices=sorted(MODELS), default="tiny")
     args = p.parse_args(argv)
     rank = os.environ.get("RANK", "0")  # under torchrun: one file per process
     args.out = args.out.replace("{rank}", rank)
@@ -136,7 +166,8 @@ def main(argv=None):
     for path in paths:
         suffix = f"-{path}" if len(paths) > 1 else ""
         arrays, info = train_state(args.mode, output_dir=args.output_dir + suffix,
-                                   sync_bn=args.bn == "sync", fast_path=path == "fast")
+                                   sync_bn=args.bn == "sync", fast_path=path == "fast",
+                                   model=args.model)
         np.savez(args.out.replace(".npz", f"{suffix}.npz"), **arrays)
         print("RESULT" + json.dumps({**info, "rank": int(rank), "path": path}), flush=True)
 

@@ -9,8 +9,12 @@ TensorFlow's model uses ``BatchNormalization(synchronized=True)``: a strategy ot
 per-replica batch statistics (measured 5e-3 off; docs/distribution.md). On torch (one process
 per device, torch.distributed with gloo) 2 processes launched by torchrun train with the fast
 step and then the plain model, each against its own one-process run (the ``--job-addresses``
-2-process case is ``large`` on torch). The subprocesses are needed because device counts and
-the cluster are fixed when the backend starts.
+2-process case is ``large`` on torch). On JAX a two-block EfficientNetV2 of our own blocks
+(``--model twoblock``: the fast step's fused-conv tap matmuls, shifted-slice depthwise with
+its per-image ``lax.scan`` filter gradient and 1x1 matmuls) trains through the fast step on 2
+devices (2 processes: ``large``) to the one-device fast run's weights, which equal the
+one-device plain model's. The subprocesses are needed because device counts and the cluster
+are fixed when the backend starts.
 """
 
 import json
@@ -40,6 +44,11 @@ HELPER = os.path.join(ROOT, "tests", "helpers_distribution.py")
 BACKEND = keras.backend.backend()
 SYNC_BN = BACKEND == "tensorflow"
 RTOL, ATOL = 1e-5, 1e-6  # float32; measured |delta| <= 7e-8 (docs/distribution.md)
+# The two-block EfficientNetV2 (6 BatchNorms): test_fast_recipe.py's fast-vs-plain parity
+# tolerance, atol relative to the array's largest magnitude where that exceeds 1. Float32
+# summation order alone (one step: <= 1.2e-7 apart) grows over 6 steps to 2.5e-5 on a moving
+# variance of 5.6 (2 vs 1 devices, plain model and fast step alike; docs/distribution.md).
+PARITY_RTOL, PARITY_ATOL = 1e-4, 1e-5
 TIMEOUT = 480  # a hung collective fails the test instead of hanging CI
 
 needs_fit = pytest.mark.skipif(BACKEND == "torch", reason="torch runs one process per device "
@@ -159,6 +168,107 @@ def test_two_processes_give_one_process_weights(reference, tmp_path):
     _check_two_processes(tmp_path, _finish(procs), ref, ref_info, fast_path=True)
     # the comparison can tell: one process on half of each batch is far outside the tolerance
     assert _max_delta(control, ref) > 1e-3 > 100 * _max_delta(_load(tmp_path / "w0.npz"), ref)
+
+
+def _worst_parity(got: dict, want: dict) -> tuple[float, str]:
+    """The largest ``|got - want| / (PARITY_RTOL |want| + PARITY_ATOL max(1, max|want|))``
+    over every array (<= 1: equal within the parity tolerance) and its key."""
+    assert sorted(got) == sorted(want)
+    worst = {}
+    for key, w in want.items():
+        g, w = got[key].astype("float64"), w.astype("float64")
+        scale = max(1.0, float(np.abs(w).max(initial=0.0)))
+        worst[key] = float(np.max(np.abs(g - w) / (PARITY_RTOL * np.abs(w) + PARITY_ATOL * scale),
+                                  initial=0.0))
+    key = max(worst, key=worst.get)
+    return worst[key], key
+
+
+needs_jax = pytest.mark.skipif(BACKEND != "jax", reason="JAX: the fast step's own convolutions "
+                               "under a sharded batch (torch's fast step is the torchrun test's)")
+
+
+@pytest.fixture(scope="module")
+def two_block_reference(tmp_path_factory):
+    """The two-block EfficientNetV2 on one device: the fast step, the plain model
+    (``fast_path=False``) and the negative control (the fast step on half of each batch)."""
+    root = tmp_path_factory.mktemp("twoblock")
+    fast = train_state("none", output_dir=str(root / "fast"), model="twoblock")
+    plain = train_state("none", output_dir=str(root / "plain"), model="twoblock",
+                        fast_path=False)
+    control, _ = train_state("none", output_dir=str(root / "half"), model="twoblock",
+                             batch_size=GLOBAL_BATCH // 2)
+    return fast, plain, control
+
+
+def _check_two_block(got, infos, two_block_reference, devices):
+    (ref, ref_info), (plain, plain_info), control = two_block_reference
+    # the one-device fast step trains what the plain Keras model trains
+    assert ref_info["fast_path"] is True and plain_info["fast_path"] is False
+    assert "optimize_for_training" in ref_info["trained_by"]
+    vs_plain, vs_plain_key = _worst_parity(ref, plain)
+    assert vs_plain <= 1.0, (vs_plain, vs_plain_key)
+    # the sharded fast step trains what the one-device fast step trains
+    worst, worst_key = _worst_parity(got, ref)
+    control_worst, _ = _worst_parity(control, ref)
+    print(f"two-block, {devices} devices vs 1: max |delta| {_max_delta(got, ref):.2g}, worst "
+          f"normalised {worst:.3g} ({worst_key}); 1-device fast vs plain: max |delta| "
+          f"{_max_delta(ref, plain):.2g}, worst normalised {vs_plain:.3g} ({vs_plain_key}); "
+          f"half-batch control: max |delta| {_max_delta(control, ref):.2g}, worst normalised "
+          f"{control_worst:.3g}")
+    assert any("moving_mean" in k for k in ref) and any("momentum" in k for k in ref)
+    assert worst <= 1.0, (worst, worst_key)
+    for info in infos:
+        assert info["fast_path"] is True and info["trained_by"] == ref_info["trained_by"]
+        assert info["replicas"] == info["devices"] == devices
+        assert info["iterations"] == ref_info["iterations"] == STEPS
+        assert info["batch"] == ref_info["batch"] == GLOBAL_BATCH  # one program on all of it
+        assert info["test_accuracy"] == ref_info["test_accuracy"]
+        assert info["test_loss"] == pytest.approx(ref_info["test_loss"], abs=2e-4)
+    # the comparison can tell: training on half of each batch is far outside the tolerance
+    assert control_worst > 100 and _max_delta(control, ref) > 1e-3
+
+
+@needs_jax
+def test_fast_step_blocks_on_two_devices_give_one_devices_weights(two_block_reference,
+                                                                   tmp_path):
+    """The fast step's rewrites (FusedMBConv, MBConv + SE, 1x1 matmuls) on a batch sharded
+    over 2 devices: the one-device fast run's weights, which are the plain model's."""
+    from helpers_distribution import MODELS
+
+    from keras_effv2.fast import _jax_train, optimize_for_training
+
+    # every rewrite is in the fast graph: a tap-matmul 3x3 conv, shifted-slice depthwise,
+    # 1x1 convs as matmuls (in the blocks and the head)
+    fast = optimize_for_training(MODELS["twoblock"](10, False))
+    fused, mbconv = fast.get_layer("s0_b00"), fast.get_layer("s1_b00")
+    assert isinstance(fused, _jax_train.FastBlock) and isinstance(mbconv, _jax_train.FastBlock)
+    assert isinstance(fast.get_layer("head_conv"), _jax_train.PointwiseConv)
+    assert mbconv.source.se is not None
+    for convs, layer in ((fused._convs, fused.source), (mbconv._convs, mbconv.source)):
+        for conv, name in zip(convs, ("expand_conv", "dw_conv", "project_conv"), strict=True):
+            if getattr(layer, name, None) is not None:  # a function now, not the Keras layer
+                assert not isinstance(conv, keras.layers.Layer), name
+    out = tmp_path / "dp.npz"
+    [info] = _finish([_launch(tmp_path, "dp", "data-parallel", str(out), str(tmp_path / "run"),
+                              "--devices", "2", "--model", "twoblock")])
+    _check_two_block(_load(out), [info], two_block_reference, devices=2)
+
+
+@needs_jax
+@pytest.mark.large
+def test_fast_step_blocks_on_two_processes_give_one_devices_weights(two_block_reference,
+                                                                     tmp_path):
+    """The same over 2 processes (jax.distributed on loopback; ~50 s more, so ``large``)."""
+    addresses = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
+    procs = [_launch(tmp_path, f"worker{i}", "multi-process", str(tmp_path / f"w{i}.npz"),
+                     str(tmp_path / "run"), "--job-addresses", addresses, "--process-id",
+                     str(i), "--model", "twoblock") for i in range(2)]
+    infos = _finish(procs)
+    w0, w1 = _load(tmp_path / "w0.npz"), _load(tmp_path / "w1.npz")
+    _assert_same_state(w1, w0)
+    assert all(info["processes"] == 2 for info in infos)
+    _check_two_block(w0, infos, two_block_reference, devices=2)
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torchrun launches torch processes")
