@@ -9,6 +9,8 @@ measured max |fast - plain| after one step 1.2e-7 (SGD and Adam).
 Negative controls (2026-12-03): tap 0 of the depthwise filter gradient zeroed -> the SGD case
 fails (s2_b00/dw_conv/kernel off by 3.3e-3) and the layer test (filter gradient off by 13.5);
 tap 0 of the fused convs' filter gradient zeroed -> s0_b00/project_conv/kernel off by 5.6e-3.
+2026-12-07: the filter-gradient scan over the sharded batch axis restored -> the data-parallel
+test finds an all-gather in the depthwise gradient's program.
 """
 
 from __future__ import annotations
@@ -130,3 +132,59 @@ def test_depthwise_values_and_gradients_match_the_library_conv(fmt, k, s, size):
     for name, g, r in zip(("input", "filter"), got, want, strict=True):
         assert np.abs(r).max() > 1.0
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+SHARDED_FILTER_GRADIENTS = """
+import json, os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import jax, keras, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from keras_effv2.fast._jax_train import dense_conv, depthwise
+mesh = Mesh(np.array(jax.devices()), ("batch",))
+rng, out = np.random.default_rng(5), {}
+cases = [("depthwise", depthwise, "channels_last", 5, 1), ("depthwise", depthwise,
+         "channels_first", 5, 1), ("dense_conv", dense_conv, "channels_last", 5, 4)]
+with keras.distribution.DataParallel(devices=keras.distribution.list_devices()).scope():
+    for name, fn, fmt, cin, cout in cases:
+        x = rng.normal(size=(4, 8, 8, cin) if fmt == "channels_last" else (4, cin, 8, 8))
+        w = rng.normal(size=(3, 3, cin, cout)).astype("float32")
+        ref_fn = ((lambda x, w: keras.ops.depthwise_conv(x, w, 2, "same", fmt))
+                  if name == "depthwise" else (lambda x, w: keras.ops.conv(x, w, 2, "same", fmt)))
+        cot = rng.normal(size=ref_fn(x.astype("float32"), w).shape).astype("float32")
+        grads = [jax.jit(jax.grad(lambda x, w, f=f: (f(x, w) * cot).sum(), (0, 1)))
+                 for f in (lambda x, w: fn(x, w, 2, fmt), ref_fn)]
+        sharded = jax.device_put(x.astype("float32"), NamedSharding(mesh, PartitionSpec("batch")))
+        hlo = grads[0].lower(sharded, w).compile().as_text()
+        got, want = grads[0](sharded, w), grads[1](x.astype("float32"), w)
+        out[f"{name} {fmt}"] = {
+            "all-gather": hlo.count(" all-gather("), "all-reduce": hlo.count(" all-reduce("),
+            "errors": [float(np.abs(np.asarray(g) - np.asarray(r)).max()) for g, r in
+                       zip(got, want)], "scale": [float(np.abs(np.asarray(r)).max()) for r in want]}
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_filter_gradients_stay_on_each_device_under_data_parallel():
+    """On a batch sharded over 2 devices (``keras.distribution.DataParallel``), each device
+    sums its own images' filter gradient and the parts are added by one all-reduce: no
+    all-gather of the activations (a scan over the sharded batch axis itself gathered ``x``,
+    and the output gradient where it is sharded too, to every device, which then summed the
+    whole batch). Gradients as the library convolution's on the unsharded batch."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "KERAS_BACKEND": "jax",
+           "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(
+               [root, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", SHARDED_FILTER_GRADIENTS], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [line] = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")]
+    for case, found in json.loads(line[len("RESULT"):]).items():
+        assert found["all-gather"] == 0 and found["all-reduce"] >= 1, (case, found)
+        for name, err, scale in zip(("input", "filter"), found["errors"], found["scale"],
+                                    strict=True):
+            assert scale > 1.0 and err <= 1e-5 * scale, (case, name, err, scale)
