@@ -22,6 +22,7 @@ from keras_effv2.applications import (
 from keras_effv2.configs import VARIANTS, VariantSpec, get_variant
 from keras_effv2.features import feature_endpoints, feature_extractor, grad_cam_model
 from keras_effv2.labels import decode_predictions
+from keras_effv2.lr_schedules import WarmupCosineDecay  # registered: model.keras files load
 from keras_effv2.preprocessing import PreprocessingSpec
 from keras_effv2.version import __version__
 from keras_effv2.weights import WEIGHTS, WeightsSpec, get_weights_spec, list_weights
@@ -40,6 +41,7 @@ __all__ = [
     "PreprocessingSpec",
     "VariantSpec",
     "WEIGHTS",
+    "WarmupCosineDecay",
     "WeightsSpec",
     "decode_predictions",
     "feature_endpoints",

@@ -49,10 +49,14 @@ def read_backup(backup_dir) -> dict | None:
         return json.load(f)
 
 
+def _position(meta) -> tuple[int, int] | None:
+    """``(epoch, batch)`` of a backup's metadata (``None`` for no metadata)."""
+    return None if meta is None else (int(meta["epoch"]), int(meta["batch"]))
+
+
 def backup_position(backup_dir) -> tuple[int, int] | None:
     """``(epoch, batch)`` of the state committed in ``backup_dir`` (``None`` when none)."""
-    meta = read_backup(backup_dir)
-    return None if meta is None else (int(meta["epoch"]), int(meta["batch"]))
+    return _position(read_backup(backup_dir))
 
 
 def _commit_metadata(backup_dir, meta) -> None:
@@ -75,13 +79,11 @@ def align_backups(backup_dir, positions) -> tuple[int, int] | None:
     positions = [None if p is None else tuple(p) for p in positions]
     target = None if None in positions else min(positions)
     meta = read_backup(backup_dir)
-    own = None if meta is None else (int(meta["epoch"]), int(meta["batch"]))
+    own = _position(meta)
     if own == target:
         return target
     previous = None if meta is None else meta.get("previous")
-    previous_at = (None if previous is None
-                   else (int(previous["epoch"]), int(previous["batch"])))
-    if own is None or previous_at != target:
+    if own is None or _position(previous) != target:
         raise ValueError(
             f"the processes' backups (epoch, batch) are {positions}: this one "
             f"({backup_dir!r}, at {own}) cannot go back to {target}, which only a save more "

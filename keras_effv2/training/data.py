@@ -7,6 +7,8 @@
   ``cars196`` (tensorflow-datasets; ``data_dir`` as tfds);
 - ``digits``: scikit-learn's 1,797 handwritten digits upscaled to 64x64 RGB, split 80/20
   (stratified, seed 0); no download;
+- ``shapes``: 2,000 synthetic figures in 10 classes drawn anti-aliased at 128 px, random size,
+  place and rotation (:mod:`keras_effv2.training.shapes`); no download;
 - ``folder:PATH`` (or an existing directory): one subfolder per class; with ``train/`` and
   ``test/`` subfolders those are the splits, else a stratified 10 % is held out.
 
@@ -46,7 +48,7 @@ class DatasetSpec:
     """A named dataset: where it comes from, its splits, and the paper's Table 9 counts."""
 
     name: str
-    source: str  # "tfds" | "sklearn"
+    source: str  # "tfds" | "sklearn" | "synthetic"
     num_classes: int
     train_split: str = "train"
     test_split: str = "test"
@@ -65,6 +67,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "cars196": DatasetSpec("cars196", "tfds", 196, train_examples=8_144, test_examples=8_041,
                            tfds_name="cars196"),
     "digits": DatasetSpec("digits", "sklearn", 10, train_examples=1_437, test_examples=360),
+    "shapes": DatasetSpec("shapes", "synthetic", 10, train_examples=1_500, test_examples=500),
 }
 
 
@@ -95,6 +98,10 @@ def load_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> Split
     spec = DATASETS[name]
     if spec.source == "sklearn":
         return load_digits(seed=seed)
+    if spec.source == "synthetic":
+        from keras_effv2.training.shapes import load_shapes
+
+        return load_shapes(seed=seed)
     if name == "cars196":
         return _load_cars196(spec, data_dir)
     return _load_tfds(spec, data_dir)

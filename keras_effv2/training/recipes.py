@@ -24,6 +24,7 @@ import dataclasses
 
 import keras
 
+from keras_effv2.lr_schedules import WarmupCosineDecay
 from keras_effv2.training.augment import AugmentConfig
 
 OPTIMIZERS = ("rmsprop", "adamw", "adam", "sgd")
@@ -95,6 +96,13 @@ RECIPES["digits"] = Recipe(
     label_smoothing=0.1, augment=AugmentConfig(flip=False, cutout=False), train_size=64,
     eval_size=64, dropout_rate=0.2, drop_path_rate=0.1, progressive="digits",
     source="the offline main job: B0 from scratch on scikit-learn digits, 3 progressive stages")
+RECIPES["shapes"] = Recipe(
+    "shapes", "shapes", model="b0", weights=None, batch_size=32, learning_rate=2e-3,
+    warmup_steps=40, total_steps=414, optimizer="adamw", weight_decay=1e-4, ema_momentum=None,
+    label_smoothing=0.1, augment=AugmentConfig(flip=False, cutout=False), train_size=128,
+    eval_size=128, dropout_rate=0.2, drop_path_rate=0.1, progressive="shapes",
+    source="progressive learning where it pays offline: B0 from scratch on synthetic shapes "
+           "drawn at 128 px, 64 -> 96 -> 128 px, 9 epochs")
 
 
 def get_recipe(name) -> Recipe:
@@ -131,7 +139,7 @@ def build_optimizer(recipe: Recipe, total_steps: int | None = None) -> keras.opt
     warmup = min(recipe.warmup_steps, max(steps - 1, 0))
     if recipe.lr_schedule == "cosine":
         if warmup:
-            lr = keras.optimizers.schedules.CosineDecay(
+            lr = WarmupCosineDecay(  # CosineDecay's values without its per-variable tf.cond
                 0.0, steps - warmup, warmup_target=recipe.learning_rate, warmup_steps=warmup)
         else:
             lr = keras.optimizers.schedules.CosineDecay(recipe.learning_rate, steps)

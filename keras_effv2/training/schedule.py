@@ -177,6 +177,10 @@ PRESETS: dict[str, ProgressiveSchedule] = {
     # come into play and the network restarts from chance (docs/training.md, "Main job").
     "digits": ProgressiveSchedule(3, (40, 64), None, (0, 0), (0, 0), (0.1, 0.3),
                                   name="digits"),
+    # Synthetic shapes drawn at 128 px (natural scale: a figure looks the same at every size),
+    # 3 stages 64 -> 96 -> 128 px, dropout 0.1 -> 0.3 (docs/training.md, "shapes").
+    "shapes": ProgressiveSchedule(3, (64, 128), None, (0, 0), (0, 0), (0.1, 0.3),
+                                  name="shapes"),
 }
 
 _SPEC_RE = re.compile(r"^(\w+)=([\d.]+)(?::([\d.]+))?$")
