@@ -18,6 +18,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import ops
 
@@ -36,6 +38,9 @@ class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
             target = ops.cast(self.warmup_target, dtype)
             warmup_steps = ops.cast(self.warmup_steps, dtype)
             step = ops.minimum(ops.cast(step, dtype), decay_steps + warmup_steps)
-            warm = self._warmup_function(step, warmup_steps, target, initial)
-            decayed = self._decay_function(step - warmup_steps, decay_steps, target, dtype)
+            # Keras' two branches, written out with public ops only (same operation order).
+            warm = (target - initial) * (step / warmup_steps) + initial
+            fraction = ops.divide(step - warmup_steps, decay_steps)
+            cosine = 0.5 * (1.0 + ops.cos(ops.multiply(ops.array(math.pi, dtype=dtype), fraction)))
+            decayed = ops.multiply(target, (1 - self.alpha) * cosine + self.alpha)
             return ops.where(step < warmup_steps, warm, decayed)
