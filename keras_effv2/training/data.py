@@ -36,6 +36,7 @@ import os
 import keras
 import numpy as np
 
+from keras_effv2.training import shapes
 from keras_effv2.training.augment import AugmentConfig, StageAugmenter
 from keras_effv2.training.schedule import MIN_IMAGE_SIZE, StageSettings
 
@@ -99,8 +100,6 @@ def load_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> Split
     if spec.source == "sklearn":
         return load_digits(seed=seed)
     if spec.source == "synthetic":
-        from keras_effv2.training.shapes import load_shapes
-
         return load_shapes(seed=seed)
     if name == "cars196":
         return _load_cars196(spec, data_dir)
@@ -228,6 +227,16 @@ def load_image_folder(path: str, seed: int = 0, test_fraction: float = 0.1) -> S
             stratify=labels if stratify else None)
     return Splits(name, _files_dataset(files, labels), _files_dataset(test_files, test_labels),
                   len(classes), len(files), len(test_files))
+
+
+def load_shapes(seed: int = 0) -> Splits:
+    """The synthetic ``shapes`` figures drawn from ``seed`` (:mod:`keras_effv2.training.shapes`)."""
+    import tensorflow as tf
+
+    (x_tr, y_tr), (x_te, y_te) = shapes.draw_splits(seed)
+    return Splits("shapes", tf.data.Dataset.from_tensor_slices((x_tr, y_tr)),
+                  tf.data.Dataset.from_tensor_slices((x_te, y_te)), len(shapes.CLASSES),
+                  len(x_tr), len(x_te))
 
 
 def load_digits(image_size: int = 64, seed: int = 0) -> Splits:

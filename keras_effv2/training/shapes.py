@@ -12,8 +12,9 @@ The images depend only on ``seed`` (train and test from separate random streams)
 and 50 per class) take about 8 s to draw on a 2-core CPU.
 
 Example:
-    >>> from keras_effv2.training.shapes import draw_shape, load_shapes
-    >>> splits = load_shapes(seed=0)  # Splits of (128x128x3 uint8, label)
+    >>> from keras_effv2.training.data import load_dataset
+    >>> from keras_effv2.training.shapes import draw_shape
+    >>> splits = load_dataset("shapes", seed=0)  # Splits of (128x128x3 uint8, label)
     >>> image = draw_shape("square", size=64, radius=0.4, center=(0.5, 0.5), angle=0.0)
 """
 
@@ -117,15 +118,8 @@ def draw_dataset(n: int, rng: np.random.Generator, size: int = IMAGE_SIZE):
     return images[order], labels[order]
 
 
-def load_shapes(seed: int = 0):
-    """``Splits`` of 1,500 training and 500 test images at 128 px, drawn from ``seed``."""
-    import tensorflow as tf
-
-    from keras_effv2.training.data import Splits
-
+def draw_splits(seed: int = 0):
+    """``((train images, labels), (test images, labels))``: 1,500 and 500 figures at 128 px,
+    drawn from ``seed`` (train and test from separate random streams)."""
     train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    x_tr, y_tr = draw_dataset(TRAIN_EXAMPLES, train_rng)
-    x_te, y_te = draw_dataset(TEST_EXAMPLES, test_rng)
-    return Splits("shapes", tf.data.Dataset.from_tensor_slices((x_tr, y_tr)),
-                  tf.data.Dataset.from_tensor_slices((x_te, y_te)), len(CLASSES),
-                  TRAIN_EXAMPLES, TEST_EXAMPLES)
+    return draw_dataset(TRAIN_EXAMPLES, train_rng), draw_dataset(TEST_EXAMPLES, test_rng)
