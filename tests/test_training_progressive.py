@@ -39,10 +39,22 @@ def zero_fraction(y_true, y_pred):
     return keras.ops.mean(keras.ops.cast(keras.ops.equal(y_pred, 0.0), "float32"))
 
 
+class _CountsTraces(keras.layers.Layer):
+    """Identity that counts the Python calls in training: on TF/JAX, traces of the step."""
+
+    calls = 0
+
+    def call(self, x, training=False):
+        if training:
+            type(self).calls += 1
+        return x
+
+
 def _probe_model():
     """Output = head_dropout(ones): the zero fraction of y_pred is the rate in effect."""
     inp = keras.Input((512,))
     x = keras.layers.Dense(512, use_bias=False, kernel_initializer="identity", name="dense")(inp)
+    x = _CountsTraces()(x)
     out = keras.layers.Dropout(0.1, seed=1, name="head_dropout")(x)
     model = keras.Model(inp, out)
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse",
@@ -60,11 +72,20 @@ RATES = [0.1, 0.3, 0.5]
 def test_dropout_rate_changes_inside_the_compiled_train_step():
     schedule = ProgressiveSchedule(3, (32, 32), dropout_rate=(0.1, 0.5))
     model = _probe_model()
-    result = progressive_fit(model, _ones, schedule, epochs=3, steps_per_epoch=4, verbose=0)
+    traces = []
+    result = progressive_fit(model, _ones, schedule, epochs=3, steps_per_epoch=4, verbose=0,
+                             on_stage_end=lambda stage, record: traces.append(
+                                 _CountsTraces.calls))
     np.testing.assert_allclose(result.history["zero_fraction"], RATES, atol=0.03)
     assert result.history["dropout_rate"] == pytest.approx(RATES)
-    assert result.train_function_builds == 2  # stage 0 already had 0.1: one retrace per change
-    assert [s.get("train_function_rebuilt", False) for s in result.stages] == [False, True, True]
+    if keras.backend.backend() == "tensorflow":  # the rate is read from a variable
+        assert result.dropout_rate_in_variable and result.train_function_builds == 0
+        assert traces[0] > 0 and traces[2] == traces[0]  # stages 2 and 3: the same step
+        assert "call" not in vars(model.get_layer("head_dropout"))  # given back
+    else:  # stage 0 already had 0.1: one retrace per change
+        assert not result.dropout_rate_in_variable and result.train_function_builds == 2
+        assert [s.get("train_function_rebuilt", False) for s in result.stages] == [
+            False, True, True]
 
 
 class _LogsSeen(keras.callbacks.Callback):
@@ -128,6 +149,7 @@ def _run(tmp_path, splits, name="run", **kwargs):
 def _check_run(result, out_dir, num_classes, test_examples):
     assert [s["image_size"] for s in result["stages"]] == [32, 40]
     assert [s["batch_shape"] for s in result["stages"]] == [[4, 32, 32, 3], [4, 40, 40, 3]]
+    assert result["shared_step"] is (keras.backend.backend() == "tensorflow")
     h = result["history"]
     assert h["image_size"] == [32, 40] and h["dropout_rate"] == pytest.approx([0.1, 0.3])
     assert h["mixup_alpha"] == pytest.approx([0, 0.2]) and h["epoch"] == [1, 2]

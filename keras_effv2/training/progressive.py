@@ -6,10 +6,12 @@ RandAugment, mixup/cutmix) from ``train_fn(stage)``.
 
 Dropout: Keras caches the compiled train step (``model.train_function``), and TF/JAX read
 ``Dropout.rate`` as a constant while tracing, so assigning a new rate alone changes nothing.
-When a stage changes the rate of the model's ``head_dropout`` layer, the driver assigns it and
-rebuilds the train function once (``make_train_function(force=True)``): one retrace per stage,
-no new variables, weights and optimizer untouched. On JAX and torch each new image size costs
-one compile as well.
+On TensorFlow (no distribution strategy) the driver has the ``head_dropout`` layer read its
+rate from a variable for the run, and gives the step datasets without height and width in their
+spec (:mod:`~keras_effv2.training.tf_shared_step`), so one traced step serves every stage and
+size. Elsewhere, when a stage changes the rate, the driver assigns it and rebuilds the train
+function once (``make_train_function(force=True)``): one retrace per stage, no new variables,
+weights and optimizer untouched; on JAX and torch each new image size costs one compile too.
 
 With ``backup_dir``, a :class:`~keras_effv2.training.backup.TrainingBackup` shared by all
 stages saves the training state after every epoch (weights, optimizer with EMA, seed-generator
@@ -40,6 +42,12 @@ from keras_effv2.keras_graph import set_resume_epoch
 from keras_effv2.training.backup import TrainingBackup, read_backup
 from keras_effv2.training.fast_step import StepThroughput, training_view
 from keras_effv2.training.schedule import ProgressiveSchedule, StageSettings
+from keras_effv2.training.tf_shared_step import (
+    VariableDropoutRate,
+    any_size,
+    available,
+    takes_any_size,
+)
 
 DROPOUT_LAYER = "head_dropout"
 
@@ -123,6 +131,8 @@ class ProgressiveResult:
     history: dict = dataclasses.field(default_factory=dict)
     stages: list = dataclasses.field(default_factory=list)
     train_function_builds: int = 0
+    dropout_rate_in_variable: bool = False
+    shared_step: bool = False
     fast_path: bool = False
     trained_by: str = ""
 
@@ -193,63 +203,96 @@ def progressive_fit(
                                                             state_model=plain)
     throughput = StepThroughput()
     result = ProgressiveResult(fast_path=path.fast, trained_by=path.describe())
+    dropout = _StageDropout(model, dropout_layer)
+    shared_step = available(model) and takes_any_size(model)  # TF: one trace for every size
     start = 0
-    for stage, n_epochs in zip(stages, per_stage, strict=True):
-        end = start + n_epochs
-        record = {**stage.to_dict(), "initial_epoch": start, "epochs": end,
-                  "steps": n_epochs * steps_per_epoch}
-        if stage.dropout_rate is not None and set_dropout_rate(model, stage.dropout_rate,
-                                                               dropout_layer):
-            model.make_train_function(force=True)  # the one retrace of this stage
-            result.train_function_builds += 1
-            record["train_function_rebuilt"] = True
-        resume_epoch = _backup_epoch(backup_dir)
-        resumed_past = resume_epoch >= end
-        record["skipped_by_resume"] = bool(resumed_past)
-        if on_stage_begin is not None:
-            on_stage_begin(stage, record)
-        for cb in callbacks:
-            if hasattr(cb, "set_stage"):
-                cb.set_stage(stage, model)
-        cbs = [throughput, *callbacks]
-        if backup is not None:
-            cbs.insert(0, backup)
-        train = train_fn(stage)
-        record["batch_shape"] = [None if d is None else int(d)
-                                 for d in _batch_shape(train)]
-        if start < resume_epoch < end and hasattr(train, "skip"):  # tf.data: where it stopped
-            record["resumed_at_epoch"] = resume_epoch
-            record["skipped_batches"] = (resume_epoch - start) * steps_per_epoch
-            train = train.skip(record["skipped_batches"])
-        throughput.batch_size = record["batch_shape"][0] if record["batch_shape"] else None
-        set_resume_epoch(model, None)  # set only by the backup when it restores
-        history = model.fit(
-            # Where a backup resumes (its restore sets the same through the private hook).
-            train, epochs=end, initial_epoch=min(max(start, resume_epoch), end),
-            steps_per_epoch=steps_per_epoch,
-            validation_data=validation_fn(stage) if validation_fn is not None else None,
-            callbacks=cbs, verbose=verbose, shuffle=False,
-        )
-        _unalias_ema(model)
-        for key, values in history.history.items():
-            result.history.setdefault(key, []).extend(values)
-            if values:
-                record[f"final_{key}"] = float(values[-1])
-        for key, value in stage_columns(stage, model, dropout_layer).items():
-            result.history.setdefault(key, []).extend([value] * len(history.epoch))
-        result.history.setdefault("epoch", []).extend(e + 1 for e in history.epoch)
-        record["images_per_second"] = throughput.per_fit[-1]
-        record["observed_dropout_rate"] = (
-            float(model.get_layer(dropout_layer).rate)
-            if dropout_layer in {layer.name for layer in model.layers} else None)
-        if on_stage_end is not None:
-            on_stage_end(stage, record)
-        result.stages.append(record)
-        start = end
+    try:
+        for stage, n_epochs in zip(stages, per_stage, strict=True):
+            end = start + n_epochs
+            record = {**stage.to_dict(), "initial_epoch": start, "epochs": end,
+                      "steps": n_epochs * steps_per_epoch}
+            if stage.dropout_rate is not None and dropout.set(stage.dropout_rate):
+                result.train_function_builds += 1
+                record["train_function_rebuilt"] = True
+            resume_epoch = _backup_epoch(backup_dir)
+            resumed_past = resume_epoch >= end
+            record["skipped_by_resume"] = bool(resumed_past)
+            if on_stage_begin is not None:
+                on_stage_begin(stage, record)
+            for cb in callbacks:
+                if hasattr(cb, "set_stage"):
+                    cb.set_stage(stage, model)
+            cbs = [throughput, *callbacks]
+            if backup is not None:
+                cbs.insert(0, backup)
+            train = train_fn(stage)
+            record["batch_shape"] = [None if d is None else int(d)
+                                     for d in _batch_shape(train)]
+            if start < resume_epoch < end and hasattr(train, "skip"):  # tf.data: where it stopped
+                record["resumed_at_epoch"] = resume_epoch
+                record["skipped_batches"] = (resume_epoch - start) * steps_per_epoch
+                train = train.skip(record["skipped_batches"])
+            throughput.batch_size = record["batch_shape"][0] if record["batch_shape"] else None
+            validation = validation_fn(stage) if validation_fn is not None else None
+            if shared_step:
+                train, validation = any_size(train), any_size(validation)
+            set_resume_epoch(model, None)  # set only by the backup when it restores
+            history = model.fit(
+                # Where a backup resumes (its restore sets the same through the private hook).
+                train, epochs=end, initial_epoch=min(max(start, resume_epoch), end),
+                steps_per_epoch=steps_per_epoch,
+                validation_data=validation,
+                callbacks=cbs, verbose=verbose, shuffle=False,
+            )
+            _unalias_ema(model)
+            for key, values in history.history.items():
+                result.history.setdefault(key, []).extend(values)
+                if values:
+                    record[f"final_{key}"] = float(values[-1])
+            for key, value in stage_columns(stage, model, dropout_layer).items():
+                result.history.setdefault(key, []).extend([value] * len(history.epoch))
+            result.history.setdefault("epoch", []).extend(e + 1 for e in history.epoch)
+            record["images_per_second"] = throughput.per_fit[-1]
+            record["observed_dropout_rate"] = (
+                float(model.get_layer(dropout_layer).rate)
+                if dropout_layer in {layer.name for layer in model.layers} else None)
+            if on_stage_end is not None:
+                on_stage_end(stage, record)
+            result.stages.append(record)
+            start = end
+    finally:
+        dropout.close()
+    result.dropout_rate_in_variable = dropout.holder is not None
+    result.shared_step = shared_step
     set_resume_epoch(model, None)
     if backup_dir is not None and os.path.isdir(backup_dir):
         shutil.rmtree(backup_dir)
     return result
+
+
+class _StageDropout:
+    """Sets the schedule's dropout rate: through a variable on TensorFlow (no new step), else
+    by rebuilding the train function when the rate changes."""
+
+    def __init__(self, model, layer_name):
+        self.model, self.layer_name, self.holder = model, layer_name, None
+
+    def set(self, rate) -> bool:
+        """Apply ``rate``; returns whether the train function was rebuilt."""
+        changed = set_dropout_rate(self.model, rate, self.layer_name)  # checks layer and rate
+        if self.holder is None and available(self.model):
+            self.holder = VariableDropoutRate(self.model.get_layer(self.layer_name))
+            self.model.make_train_function(force=True)  # a step traced before read the float
+        if self.holder is not None:
+            self.holder.sync()
+            return False
+        if changed:
+            self.model.make_train_function(force=True)  # the one retrace of this stage
+        return changed
+
+    def close(self):
+        if self.holder is not None:
+            self.holder.remove()
 
 
 def _unalias_ema(model) -> None:

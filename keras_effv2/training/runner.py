@@ -327,6 +327,7 @@ def run_recipe(recipe=None, *, output_dir: str, dataset=None, data_dir=None, epo
         "total_steps": plan["total_steps"], "epochs": plan["epochs"],
         "optimizer_iterations": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
         "fast_path": result.fast_path, "trained_by": result.trained_by,
+        "shared_step": result.shared_step,
         "stages": result.stages, "history": result.history,
         "paper_top1": (recipe.paper_top1 or {}).get(recipe.model),
     }

@@ -30,6 +30,7 @@ IMAGE_SIZE = 128
 TRAIN_EXAMPLES = 1_500
 TEST_EXAMPLES = 500
 SUPERSAMPLE = 4
+RADIUS_RANGE = (0.22, 0.42)  # circumradius, fraction of the side
 
 RING_INNER = 0.6  # inner / outer radius
 ELLIPSE_MINOR = 0.5  # minor / major semi-axis
@@ -108,7 +109,7 @@ def draw_dataset(n: int, rng: np.random.Generator, size: int = IMAGE_SIZE):
     images = np.empty((n, size, size, 3), np.uint8)
     labels = np.arange(n, dtype=np.int64) % len(CLASSES)
     for i, label in enumerate(labels):
-        radius = rng.uniform(0.22, 0.42)
+        radius = rng.uniform(*RADIUS_RANGE)
         center = 0.5 + rng.uniform(-1, 1, 2) * (0.45 - radius)  # whole figure inside
         background = rng.integers(0, 90) + rng.integers(-15, 16, 3)
         foreground = rng.integers(150, 256) + rng.integers(-15, 16, 3)
