@@ -32,7 +32,8 @@ import keras
 
 
 def available(model: keras.Model) -> bool:
-    """Whether ``model``'s traced TensorFlow step can read a dropout rate from a variable."""
+    """Whether ``model`` trains through a traced TensorFlow step outside a ``tf.distribute``
+    strategy: where a variable rate and a shape-generic spec let one step serve every stage."""
     if keras.backend.backend() != "tensorflow" or model.run_eagerly:
         return False
     import tensorflow as tf
